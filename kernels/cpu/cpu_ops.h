@@ -1,0 +1,79 @@
+/* kernels/cpu/cpu_ops.h: the CPU implementations of every op the models use.
+ *
+ * Kernels know tensors and the thread pool, nothing else. Every kernel checks
+ * dtypes and shapes and returns PIO_ERR_INVALID with both shapes in the message
+ * on a mismatch; none aborts. Activations are f32 and contiguous; weights are
+ * f32 or bf16, contiguous, row-major [out, in] as in nn.Linear.
+ *
+ * `round_bf16` asks a kernel to round where PyTorch rounds when it runs the
+ * same op on bf16 tensors (see models.md §0), so bf16 mode tracks transformers'
+ * bf16 output. In the f32 reference mode it is false and nothing is rounded.
+ */
+#ifndef PIO_CPU_OPS_H
+#define PIO_CPU_OPS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pio/error.h"
+#include "pio/tensor.h"
+#include "pio/threadpool.h"
+
+/* out[i, :] = table[ids[i], :]  table [V, d] f32|bf16, out [n, d] f32.
+ * An id outside [0, V) is PIO_ERR_RANGE naming the id and V. */
+pio_status pio_cpu_embedding(const pio_tensor *table, const int32_t *ids, int64_t n,
+                             pio_tensor *out, pio_error *err);
+
+/* y[n, m] = x[n, k] · w[m, k]ᵀ   x f32, w f32|bf16, y f32; f32 accumulation.
+ * Threads split the output columns (rows of w), so each weight row is read once
+ * per call whatever n is (the decode case n = 1 is a matrix-vector product). */
+pio_status pio_cpu_matmul(pio_threadpool *pool, const pio_tensor *x, const pio_tensor *w,
+                          pio_tensor *y, pio_error *err);
+
+/* y = x / sqrt(mean(x², last dim) + eps) * w    x,y [..., d] f32 (y may be x), w [d] f32|bf16.
+ * round_bf16: x̂ rounded to bf16 before the product, product rounded (transformers). */
+pio_status pio_cpu_rmsnorm(pio_threadpool *pool, const pio_tensor *x, const pio_tensor *w,
+                           float eps, pio_tensor *y, bool round_bf16, pio_error *err);
+
+/* Rotate-half (NeoX) RoPE in place on x [n, heads, head_dim] f32 over its first
+ * rot_dim dims: angle_i = pos[t] · inv_freq[i], i < rot_dim/2, computed in f32;
+ * out[i] = x[i]cos − x[i+h]sin, out[i+h] = x[i+h]cos + x[i]sin, h = rot_dim/2.
+ * round_bf16: cos/sin rounded to bf16 and each product and the sum rounded. */
+pio_status pio_cpu_rope(pio_tensor *x, const int32_t *pos, const float *inv_freq, int rot_dim,
+                        bool round_bf16, pio_error *err);
+
+/* Softmax in place over the last dimension of x [..., d] f32. */
+pio_status pio_cpu_softmax(pio_tensor *x, pio_error *err);
+
+/* out = silu(gate) * up, all [n, d] f32 (out may alias either input).
+ * round_bf16: silu output rounded, then the product rounded. */
+pio_status pio_cpu_silu_mul(const pio_tensor *gate, const pio_tensor *up, pio_tensor *out,
+                            bool round_bf16, pio_error *err);
+
+/* Element-wise out = a ∘ b for ∘ in + − × ÷. a, out same shape, f32; b has
+ * a's shape or is a single element (broadcast). out may alias a or b. */
+typedef enum pio_binary_op { PIO_ADD, PIO_SUB, PIO_MUL, PIO_DIV } pio_binary_op;
+pio_status pio_cpu_binary(pio_binary_op op, const pio_tensor *a, const pio_tensor *b,
+                          pio_tensor *out, pio_error *err);
+
+/* Rounds every element of an f32 tensor to the nearest bf16 value, in place. */
+void pio_cpu_round_bf16(pio_tensor *x);
+
+/* Writes this batch's keys and values into the cache:
+ *   k, v [n, n_kv_heads, head_dim] f32; cache_k, cache_v [n_slots, ctx, n_kv_heads, head_dim]
+ *   f32|bf16; token t goes to cache[seq[t], pos[t]]. Out-of-range seq/pos is PIO_ERR_RANGE. */
+pio_status pio_cpu_kv_write(const pio_tensor *k, const pio_tensor *v, pio_tensor *cache_k,
+                            pio_tensor *cache_v, const int32_t *seq, const int32_t *pos,
+                            pio_error *err);
+
+/* Causal attention with GQA over the cache (write this batch's K/V first):
+ *   q [n, n_heads, head_dim] f32, out [n, n_heads, head_dim] f32;
+ *   token t attends cache[seq[t], 0..pos[t]] (inclusive); query head h reads kv head
+ *   h / (n_heads / n_kv_heads). scores = q·k · scale, softmax in f32, then ·v.
+ * round_bf16: scores rounded as bf16 matmul then ×scale rounded; probabilities
+ *   rounded to bf16 (transformers' eager attention in bf16). */
+pio_status pio_cpu_attention(pio_threadpool *pool, const pio_tensor *q, const pio_tensor *cache_k,
+                             const pio_tensor *cache_v, const int32_t *seq, const int32_t *pos,
+                             float scale, pio_tensor *out, bool round_bf16, pio_error *err);
+
+#endif
