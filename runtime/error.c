@@ -31,13 +31,22 @@ pio_status pio_error_set(pio_error *err, pio_status st, const char *fmt, ...) {
 
 pio_status pio_error_prefix(pio_error *err, const char *fmt, ...) {
     if (!err) return PIO_OK;
-    char prefix[512], old[sizeof err->msg];
+    char old[sizeof err->msg];
+    memcpy(old, err->msg, sizeof old);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    int n = vsnprintf(err->msg, sizeof err->msg, fmt, ap);
     va_end(ap);
-    memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    size_t used = n < 0 ? 0 : (size_t)n < sizeof err->msg ? (size_t)n : sizeof err->msg - 1;
+    /* Append ": old" in what room is left; a message cut short beats an overflow. */
+    if (used + 2 < sizeof err->msg) {
+        memcpy(err->msg + used, ": ", 2);
+        used += 2;
+        size_t room = sizeof err->msg - used - 1, len = strlen(old);
+        if (len > room) len = room;
+        memcpy(err->msg + used, old, len);
+        err->msg[used + len] = '\0';
+    }
     return err->status;
 }
 

@@ -27,11 +27,11 @@
 --   (a stand-in for a runtime that rounds where transformers does but sums in another
 --   order): max|dlogit| 0.0625, 0.031, 3e-5 abs; top-1 identical at all 264 positions.
 --
--- >>> PLACEHOLDER (fill in once measured; PIO_VERBOSE=1 prints the numbers):
--- >>>   pio bf16 vs transformers bf16, max|dlogit| / max|logit|:
--- >>>     qwen3-gqa1 ?.??e-?   qwen3-gqa2 ?.??e-?   qwen3-gqa4 ?.??e-?
--- >>>   top-1 agreement: ??/88, ??/88, ??/88
--- >>> Then tighten the bf16 max|dlogit| bound below to a small multiple of it.
+-- Measured for pio (PIO_VERBOSE=1 prints them), 2 threads, AVX-512 kernels:
+--   f32 vs transformers f32, max|dlogit| / max|logit|: at most 8.2e-7 (gqa1), 4.3e-7 (gqa2),
+--     7.7e-7 (gqa4): about 100x inside the 1e-4 bound; greedy 32 tokens identical.
+--   bf16 vs transformers bf16, max|dlogit| / max|logit|: 7.35e-3 (gqa1, 0.0625 abs = one bf16
+--     step), 0 (gqa2, bit-identical), 3.85e-3 (gqa4, 0.031 abs); top-1 88/88 on all three.
 
 local pio = require "pio"
 local cjson = require "cjson"
@@ -195,9 +195,9 @@ for _, name in ipairs(NAMES) do
                     for r = 1, #ids do
                         local g = argmax(got[r])
                         local w, wmax = argmax(want[r])
-                        -- transformers' bf16 logits are bf16 numbers; tokens within one bf16
-                        -- ulp of its maximum are tied at that precision, and either may win.
-                        if g == w or want[r][g + 1] >= wmax - bf16_ulp(wmax) then
+                        -- Strict: the same token, even where transformers' top two are tied
+                        -- at bf16 precision.
+                        if g == w then
                             agree = agree + 1
                         else
                             misses[#misses + 1] = ("prompt %d pos %d: pio %d, transformers %d (margin %.4g)"):format(
@@ -215,10 +215,13 @@ for _, name in ipairs(NAMES) do
                     ("%s bf16: top-1 agrees at %d of %d positions; misses: %s"):format(
                         name, agree, total, table.concat(misses, "; "))
                 )
-                local bound = ref.measured.bf16_vs_f32_max_abs_delta
+                -- pio rounds where transformers rounds, so it may differ only by the
+                -- order of f32 sums: allow two bf16 steps at the largest logit (measured: at
+                -- most one), far below transformers' own f32-vs-bf16 distance.
+                local bound = math.min(2 * bf16_ulp(big), ref.measured.bf16_vs_f32_max_abs_delta)
                 assert(
                     worst <= bound,
-                    ("%s bf16: max|dlogit| %.4g vs transformers bf16 exceeds transformers' own f32-vs-bf16 %.4g"):format(
+                    ("%s bf16: max|dlogit| %.4g vs transformers bf16 exceeds %.4g"):format(
                         name, worst, bound)
                 )
             end)

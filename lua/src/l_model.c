@@ -1,0 +1,386 @@
+/* pio.Model and pio.Generation: loading, logits, and the generation loop
+ * driven from Lua one piece of text at a time (init.lua builds generate and
+ * stream on top). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lpio.h"
+#include "pio/generate.h"
+#include "pio/model.h"
+
+#define MODEL_MT "pio.Model"
+#define GENERATION_MT "pio.Generation"
+
+typedef struct { pio_model *m; } model_box;
+typedef struct { pio_generation *g; } generation_box;
+
+static pio_model *check_model(lua_State *L, int arg) {
+    model_box *box = luaL_checkudata(L, arg, MODEL_MT);
+    if (!box->m) luaL_argerror(L, arg, "model has been freed");
+    return box->m;
+}
+
+/* Every key of an options table must be one we know: a typo is an error, not a silent default. */
+static void check_keys(lua_State *L, int opts, const char *what, const char *const *known) {
+    if (lua_isnoneornil(L, opts)) return;
+    luaL_checktype(L, opts, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, opts)) {
+        lua_pop(L, 1);
+        const char *key = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        bool ok = false;
+        for (int i = 0; key && known[i]; i++) ok = ok || strcmp(key, known[i]) == 0;
+        if (!ok) {
+            luaL_Buffer b;
+            luaL_buffinit(L, &b);
+            for (int i = 0; known[i]; i++) {
+                if (i) luaL_addstring(&b, ", ");
+                luaL_addstring(&b, known[i]);
+            }
+            luaL_pushresult(&b);
+            luaL_error(L, "%s: unknown option '%s' (known: %s)", what,
+                       key ? key : luaL_typename(L, -2), lua_tostring(L, -1));
+        }
+    }
+}
+
+static lua_Integer opt_int(lua_State *L, int opts, const char *key, lua_Integer fallback) {
+    if (lua_isnoneornil(L, opts)) return fallback;
+    lua_getfield(L, opts, key);
+    lua_Integer v = fallback;
+    if (!lua_isnil(L, -1)) {
+        int isnum;
+        v = lua_tointegerx(L, -1, &isnum);
+        if (!isnum) luaL_error(L, "option '%s' must be an integer, got %s", key, luaL_typename(L, -1));
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static lua_Number opt_num(lua_State *L, int opts, const char *key, lua_Number fallback) {
+    if (lua_isnoneornil(L, opts)) return fallback;
+    lua_getfield(L, opts, key);
+    lua_Number v = fallback;
+    if (!lua_isnil(L, -1)) {
+        int isnum;
+        v = lua_tonumberx(L, -1, &isnum);
+        if (!isnum) luaL_error(L, "option '%s' must be a number, got %s", key, luaL_typename(L, -1));
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static bool opt_bool(lua_State *L, int opts, const char *key, bool fallback) {
+    if (lua_isnoneornil(L, opts)) return fallback;
+    lua_getfield(L, opts, key);
+    bool v = lua_isnil(L, -1) ? fallback : lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static const char *opt_str(lua_State *L, int opts, const char *key, const char *fallback) {
+    if (lua_isnoneornil(L, opts)) return fallback;
+    lua_getfield(L, opts, key);
+    const char *v = lua_isnil(L, -1) ? fallback : luaL_checkstring(L, -1);
+    lua_pop(L, 1); /* the string stays alive: it is referenced by the options table */
+    return v;
+}
+
+/* ---- loading --------------------------------------------------------------- */
+
+static void progress_to_stderr(void *ud, const char *stage, size_t done, size_t total) {
+    if (total == 0) return;
+    if (done == total || done % 8 == 0)
+        fprintf(stderr, "\r%s %zu/%zu (%d%%)%s", stage, done, total, (int)(100 * done / total),
+                done == total ? "\n" : "");
+    fflush(stderr);
+}
+
+/* pio.load(path, {dtype=, device=, threads=, ctx=, max_seqs=, synthetic=, seed=, progress=}) */
+static int l_load(lua_State *L) {
+    static const char *const known[] = {"dtype", "device", "threads", "ctx", "max_seqs",
+                                        "synthetic", "seed", "progress", NULL};
+    const char *path = luaL_checkstring(L, 1);
+    check_keys(L, 2, "pio.load", known);
+    pio_load_opts opts = pio_load_opts_default();
+    const char *dtype = opt_str(L, 2, "dtype", "bf16");
+    if (!pio_dtype_from_name(dtype, &opts.dtype) || opts.dtype == PIO_F16)
+        return luaL_error(L, "pio.load: dtype must be 'f32' or 'bf16', got '%s'", dtype);
+    const char *device = opt_str(L, 2, "device", "auto");
+    if (strcmp(device, "cpu") == 0) opts.device = PIO_DEVICE_CPU;
+    else if (strcmp(device, "cuda") == 0) opts.device = PIO_DEVICE_CUDA;
+    else if (strcmp(device, "auto") == 0) opts.device = PIO_DEVICE_CPU; /* no GPU backend built */
+    else return luaL_error(L, "pio.load: device must be 'cpu', 'cuda' or 'auto', got '%s'", device);
+    opts.threads = (int)opt_int(L, 2, "threads", 0);
+    opts.ctx = (int32_t)opt_int(L, 2, "ctx", 0);
+    opts.max_seqs = (int32_t)opt_int(L, 2, "max_seqs", 0);
+    opts.synthetic = opt_bool(L, 2, "synthetic", false);
+    opts.seed = (uint64_t)opt_int(L, 2, "seed", 0);
+    if (opts.threads < 0 || opts.ctx < 0 || opts.max_seqs < 0)
+        return luaL_error(L, "pio.load: threads, ctx and max_seqs must be >= 0");
+    if (opt_bool(L, 2, "progress", isatty(STDERR_FILENO))) opts.progress = progress_to_stderr;
+
+    model_box *box = lua_newuserdatauv(L, sizeof *box, 1);
+    box->m = NULL;
+    luaL_setmetatable(L, MODEL_MT);
+    pio_error err;
+    box->m = pio_model_load(path, &opts, &err);
+    if (!box->m) { /* every load failure is about the files or the machine: nil, message */
+        lua_pushnil(L);
+        lua_pushstring(L, err.msg);
+        return 2;
+    }
+    return 1;
+}
+
+/* ---- logits ---------------------------------------------------------------- */
+
+/* model:logits(ids) → Tensor [#ids, vocab] for a fresh sequence (slot 0). */
+static int m_logits(lua_State *L) {
+    pio_model *m = check_model(L, 1);
+    size_t n;
+    int32_t *ids = pio_lua_check_ids(L, 2, &n);
+    if (n == 0) return luaL_error(L, "logits: the list of ids is empty");
+    pio_model_info info;
+    pio_model_get_info(m, &info);
+    if (n > (size_t)info.n_ctx)
+        return luaL_error(L, "logits: %d tokens do not fit the context of %d", (int)n, info.n_ctx);
+    int32_t *pos = lua_newuserdatauv(L, n * sizeof *pos, 0);
+    int32_t *seq = lua_newuserdatauv(L, n * sizeof *seq, 0);
+    for (size_t i = 0; i < n; i++) {
+        pos[i] = (int32_t)i;
+        seq[i] = 0;
+    }
+    pio_batch b = {(int32_t)n, ids, pos, seq, NULL};
+    const pio_tensor *logits;
+    pio_error err;
+    if (pio_model_forward(m, &b, &logits, &err)) return pio_lua_fail(L, &err);
+    pio_tensor *copy = pio_tensor_contiguous(logits, &err);
+    if (!copy) return pio_lua_fail(L, &err);
+    pio_lua_push_tensor(L, copy);
+    return 1;
+}
+
+/* ---- info ------------------------------------------------------------------ */
+
+static int m_info(lua_State *L) {
+    pio_model_info i;
+    pio_model_get_info(check_model(L, 1), &i);
+    lua_newtable(L);
+#define SET_STR(k, v) (lua_pushstring(L, v), lua_setfield(L, -2, k))
+#define SET_INT(k, v) (lua_pushinteger(L, (lua_Integer)(v)), lua_setfield(L, -2, k))
+    SET_STR("architecture", i.architecture);
+    SET_STR("family", i.family);
+    SET_STR("dtype", pio_dtype_info(i.dtype)->name);
+    SET_STR("device", pio_device_name(i.device));
+    SET_INT("parameters", i.n_params);
+    SET_INT("weight_bytes", i.weight_bytes);
+    SET_INT("kv_bytes", i.kv_bytes);
+    SET_INT("threads", i.threads);
+    SET_INT("n_vocab", i.n_vocab);
+    SET_INT("n_ctx", i.n_ctx);
+    SET_INT("n_ctx_train", i.n_ctx_train);
+    SET_INT("n_layer", i.n_layer);
+    SET_INT("n_embd", i.n_embd);
+    SET_INT("n_head", i.n_head);
+    SET_INT("n_head_kv", i.n_head_kv);
+    SET_INT("head_dim", i.head_dim);
+    SET_INT("max_seqs", i.max_seqs);
+#undef SET_STR
+#undef SET_INT
+    return 1;
+}
+
+static int m_index(lua_State *L) {
+    pio_model *m = check_model(L, 1);
+    const char *key = luaL_checkstring(L, 2);
+    if (strcmp(key, "tokenizer") == 0) {
+        /* Cached in the user value so model.tokenizer is the same object each time. */
+        lua_getiuservalue(L, 1, 1);
+        if (lua_isnil(L, -1) && pio_model_tokenizer(m)) {
+            lua_pop(L, 1);
+            pio_lua_push_borrowed_tokenizer(L, pio_model_tokenizer(m), 1);
+            lua_pushvalue(L, -1);
+            lua_setiuservalue(L, 1, 1);
+        }
+        return 1;
+    }
+    luaL_getmetafield(L, 1, "methods");
+    lua_getfield(L, -1, key);
+    return 1;
+}
+
+static int m_free(lua_State *L) {
+    model_box *box = luaL_checkudata(L, 1, MODEL_MT);
+    pio_model_free(box->m);
+    box->m = NULL;
+    return 0;
+}
+
+static int m_tostring(lua_State *L) {
+    model_box *box = luaL_checkudata(L, 1, MODEL_MT);
+    if (!box->m) {
+        lua_pushliteral(L, "pio.Model (freed)");
+        return 1;
+    }
+    pio_model_info i;
+    pio_model_get_info(box->m, &i);
+    lua_pushfstring(L, "pio.Model(%s, %s, %s, %d layers)", i.architecture,
+                    pio_dtype_info(i.dtype)->name, pio_device_name(i.device), (int)i.n_layer);
+    return 1;
+}
+
+/* ---- generation ------------------------------------------------------------ */
+
+static pio_generation *check_generation(lua_State *L, int arg) {
+    generation_box *box = luaL_checkudata(L, arg, GENERATION_MT);
+    if (!box->g) luaL_argerror(L, arg, "generation has been freed");
+    return box->g;
+}
+
+/* model:start(ids, opts) → pio.Generation; ids are 0-based token ids. */
+static int m_start(lua_State *L) {
+    static const char *const known[] = {
+        "max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+        "presence_penalty", "frequency_penalty", "penalty_last_n", "seed", "stop",
+        "ignore_eos", NULL};
+    pio_model *m = check_model(L, 1);
+    size_t n;
+    int32_t *ids = pio_lua_check_ids(L, 2, &n);
+    check_keys(L, 3, "generate", known);
+    pio_gen_opts o = pio_gen_default_opts();
+    pio_model_default_sampling(m, &o.sampling);
+    pio_sampler_params *s = &o.sampling;
+    o.max_new_tokens = (int32_t)opt_int(L, 3, "max_new_tokens", o.max_new_tokens);
+    s->temperature = (float)opt_num(L, 3, "temperature", s->temperature);
+    s->top_k = (int32_t)opt_int(L, 3, "top_k", s->top_k);
+    s->top_p = (float)opt_num(L, 3, "top_p", s->top_p);
+    s->min_p = (float)opt_num(L, 3, "min_p", s->min_p);
+    s->repetition_penalty = (float)opt_num(L, 3, "repetition_penalty", s->repetition_penalty);
+    s->presence_penalty = (float)opt_num(L, 3, "presence_penalty", s->presence_penalty);
+    s->frequency_penalty = (float)opt_num(L, 3, "frequency_penalty", s->frequency_penalty);
+    s->penalty_last_n = (int32_t)opt_int(L, 3, "penalty_last_n", s->penalty_last_n);
+    s->seed = (uint64_t)opt_int(L, 3, "seed", (lua_Integer)s->seed);
+    o.ignore_eos = opt_bool(L, 3, "ignore_eos", false);
+
+    /* stop: a string or a list of strings (kept alive by the options table). */
+    const char *stops[16];
+    if (!lua_isnoneornil(L, 3)) {
+        lua_getfield(L, 3, "stop");
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            stops[o.n_stop++] = lua_tostring(L, -1);
+        } else if (lua_type(L, -1) == LUA_TTABLE) {
+            for (lua_Integer i = 1; i <= luaL_len(L, -1) && o.n_stop < 16; i++) {
+                lua_geti(L, -1, i);
+                if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+                    return luaL_error(L, "option 'stop' must hold non-empty strings");
+                stops[o.n_stop++] = lua_tostring(L, -1);
+                lua_pop(L, 1);
+            }
+        } else if (!lua_isnil(L, -1)) {
+            return luaL_error(L, "option 'stop' must be a string or a list of strings");
+        }
+        lua_pop(L, 1);
+        o.stop = stops;
+    }
+
+    generation_box *box = lua_newuserdatauv(L, sizeof *box, 1);
+    box->g = NULL;
+    luaL_setmetatable(L, GENERATION_MT);
+    lua_pushvalue(L, 1); /* the generation keeps its model alive */
+    lua_setiuservalue(L, -2, 1);
+    pio_error err;
+    box->g = pio_generation_new(m, ids, n, &o, &err);
+    if (!box->g) return pio_lua_fail(L, &err);
+    return 1;
+}
+
+/* gen:step() → text piece, or nil when finished. */
+static int g_step(lua_State *L) {
+    pio_generation *g = check_generation(L, 1);
+    const char *text;
+    size_t len;
+    bool done;
+    pio_error err;
+    if (pio_generation_step(g, &text, &len, &done, &err)) return pio_lua_fail(L, &err);
+    if (done && len == 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushlstring(L, text, len);
+    return 1;
+}
+
+static int g_stats(lua_State *L) {
+    pio_generation *g = check_generation(L, 1);
+    pio_gen_stats s = pio_generation_stats(g);
+    size_t n;
+    const int32_t *tokens = pio_generation_tokens(g, &n);
+    lua_newtable(L);
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_pushinteger(L, tokens[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "tokens");
+    lua_pushinteger(L, s.prompt_tokens);
+    lua_setfield(L, -2, "prompt_tokens");
+    lua_pushinteger(L, s.new_tokens);
+    lua_setfield(L, -2, "new_tokens");
+    lua_pushnumber(L, s.prompt_seconds);
+    lua_setfield(L, -2, "prompt_seconds");
+    lua_pushnumber(L, s.gen_seconds);
+    lua_setfield(L, -2, "gen_seconds");
+    /* The first new token comes with the prompt pass; the rate counts the rest. */
+    lua_pushnumber(L, s.gen_seconds > 0 ? (s.new_tokens - 1) / s.gen_seconds : 0);
+    lua_setfield(L, -2, "tokens_per_second");
+    lua_pushnumber(L, s.prompt_seconds > 0 ? s.prompt_tokens / s.prompt_seconds : 0);
+    lua_setfield(L, -2, "prompt_tokens_per_second");
+    if (s.stop_reason) {
+        lua_pushstring(L, s.stop_reason);
+        lua_setfield(L, -2, "stop_reason");
+    }
+    return 1;
+}
+
+static int g_free(lua_State *L) {
+    generation_box *box = luaL_checkudata(L, 1, GENERATION_MT);
+    pio_generation_free(box->g);
+    box->g = NULL;
+    return 0;
+}
+
+void pio_lua_open_model(lua_State *L) {
+    static const luaL_Reg methods[] = {
+        {"logits", m_logits}, {"info", m_info}, {"start", m_start}, {"free", m_free},
+        {NULL, NULL},
+    };
+    static const luaL_Reg meta[] = {
+        {"__index", m_index}, {"__gc", m_free}, {"__close", m_free},
+        {"__tostring", m_tostring}, {NULL, NULL},
+    };
+    luaL_newmetatable(L, MODEL_MT);
+    luaL_setfuncs(L, meta, 0);
+    luaL_newlib(L, methods);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "methods"); /* init.lua adds Lua methods here */
+    lua_setfield(L, -3, "Model");   /* module.Model = methods */
+    lua_pop(L, 1);
+
+    static const luaL_Reg gen_methods[] = {
+        {"step", g_step}, {"stats", g_stats}, {"free", g_free}, {NULL, NULL},
+    };
+    luaL_newmetatable(L, GENERATION_MT);
+    lua_pushcfunction(L, g_free);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, g_free);
+    lua_setfield(L, -2, "__close");
+    luaL_newlib(L, gen_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+
+    lua_pushcfunction(L, l_load);
+    lua_setfield(L, -2, "load");
+}

@@ -1,0 +1,51 @@
+/* models/layers.h: the layer builders architectures are written with, so an
+ * architecture file reads like its model card. Each builder runs its ops on
+ * the model's backend and rounds where transformers rounds in bf16 mode. */
+#ifndef PIO_LAYERS_H
+#define PIO_LAYERS_H
+
+#include "model_internal.h"
+
+/* Attention weights of one layer (borrowed). q_norm / k_norm may be NULL. */
+typedef struct pio_attn_weights {
+    const pio_tensor *wq;     /* [n_head * head_dim, n_embd] */
+    const pio_tensor *wk;     /* [n_head_kv * head_dim, n_embd] */
+    const pio_tensor *wv;     /* [n_head_kv * head_dim, n_embd] */
+    const pio_tensor *wo;     /* [n_embd, n_head * head_dim] */
+    const pio_tensor *q_norm; /* [head_dim] per-head RMSNorm before RoPE */
+    const pio_tensor *k_norm; /* [head_dim] */
+} pio_attn_weights;
+
+/* SwiGLU MLP weights (borrowed). */
+typedef struct pio_ffn_weights {
+    const pio_tensor *gate; /* [n_ff, n_embd] */
+    const pio_tensor *up;   /* [n_ff, n_embd] */
+    const pio_tensor *down; /* [n_embd, n_ff] */
+} pio_ffn_weights;
+
+/* y = x · wᵀ, rounded in bf16 mode. */
+pio_status pio_build_linear(pio_model *m, const pio_tensor *x, const pio_tensor *w,
+                            pio_tensor *y, pio_error *err);
+
+/* out = RMSNorm(x) · w. */
+pio_status pio_build_norm(pio_model *m, const pio_tensor *x, const pio_tensor *w, float eps,
+                          pio_tensor *out, pio_error *err);
+
+/* out [n, n_embd] = o_proj(attention(q, k, v)) for the batch; writes layer
+ * `layer`'s KV cache. h [n, n_embd] is the normed input. */
+pio_status pio_build_attn(pio_model *m, int layer, const pio_attn_weights *w, const pio_batch *b,
+                          const pio_tensor *h, pio_tensor *out, pio_error *err);
+
+/* out [n, n_embd] = down(silu(gate(h)) ⊙ up(h)). */
+pio_status pio_build_ffn(pio_model *m, const pio_ffn_weights *w, const pio_tensor *h,
+                         pio_tensor *out, pio_error *err);
+
+/* x += y, rounded in bf16 mode (the residual stream is bf16 in transformers). */
+pio_status pio_build_residual(pio_model *m, pio_tensor *x, const pio_tensor *y, pio_error *err);
+
+/* logits rows for the tokens that want them: norm, then lm_head. */
+pio_status pio_build_logits(pio_model *m, const pio_batch *b, const pio_tensor *x,
+                            const pio_tensor *norm, const pio_tensor *lm_head, pio_tensor *logits,
+                            pio_error *err);
+
+#endif

@@ -1,0 +1,338 @@
+/* Loading a model (architecture from config.json, weights, tokenizer, KV
+ * cache) and the architecture-independent half of the forward pass. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cpu_ops.h"
+#include "model_internal.h"
+#include "pio/json.h"
+
+pio_load_opts pio_load_opts_default(void) {
+    return (pio_load_opts){.dtype = PIO_BF16, .device = PIO_DEVICE_CPU, .threads = 0};
+}
+
+static bool is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static bool is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Splits the user's path into the model directory and its config.json. */
+static pio_status resolve_paths(const char *path, bool synthetic, char *dir, char *config,
+                                size_t len, pio_error *err) {
+    if (is_dir(path)) {
+        snprintf(dir, len, "%s", path);
+        snprintf(config, len, "%s/config.json", path);
+        if (!is_file(config))
+            return pio_error_set(err, PIO_ERR_IO, "model directory '%s' has no config.json", path);
+        return PIO_OK;
+    }
+    if (is_file(path) && synthetic) {
+        snprintf(config, len, "%s", path);
+        snprintf(dir, len, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = '\0';
+        else snprintf(dir, len, ".");
+        return PIO_OK;
+    }
+    if (is_file(path))
+        return pio_error_set(err, PIO_ERR_IO,
+                             "'%s' is a file; pio.load wants a model directory "
+                             "(or a config.json with synthetic=true)", path);
+    return pio_error_set(err, PIO_ERR_IO, "model directory '%s' does not exist", path);
+}
+
+const char *pio_model_supported_architectures(void) {
+    static char list[512];
+    if (!list[0]) {
+        size_t used = 0;
+        for (int i = 0; pio_arch_table[i]; i++)
+            for (int j = 0; pio_arch_table[i]->hf_names[j]; j++)
+                used += (size_t)snprintf(list + used, sizeof list - used, "%s%s",
+                                         used ? ", " : "", pio_arch_table[i]->hf_names[j]);
+    }
+    return list;
+}
+
+static const pio_arch *pick_arch(const cJSON *config, const char *path, pio_error *err) {
+    const cJSON *archs = cJSON_GetObjectItemCaseSensitive(config, "architectures");
+    if (!cJSON_IsArray(archs) || cJSON_GetArraySize(archs) == 0) {
+        pio_error_set(err, PIO_ERR_FORMAT, "%s has no 'architectures' list, so pio cannot tell "
+                      "which model it describes (supported: %s)", path,
+                      pio_model_supported_architectures());
+        return NULL;
+    }
+    const cJSON *name;
+    cJSON_ArrayForEach(name, archs) {
+        if (cJSON_IsString(name)) {
+            const pio_arch *a = pio_arch_find(name->valuestring);
+            if (a) return a;
+        }
+    }
+    const cJSON *first = cJSON_GetArrayItem(archs, 0);
+    pio_error_set(err, PIO_ERR_UNSUPPORTED, "unsupported architecture '%s' (supported: %s)",
+                  cJSON_IsString(first) ? first->valuestring : "?",
+                  pio_model_supported_architectures());
+    return NULL;
+}
+
+/* eos_token_id may be a number or a list, in generation_config.json or config.json. */
+static void read_stop_ids(const cJSON *obj, pio_hparams *hp) {
+    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(obj, "eos_token_id");
+    if (cJSON_IsNumber(eos)) {
+        hp->stop_ids[0] = (int32_t)eos->valuedouble;
+        hp->n_stop_ids = 1;
+    } else if (cJSON_IsArray(eos)) {
+        hp->n_stop_ids = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, eos) {
+            if (cJSON_IsNumber(e) && hp->n_stop_ids < 8)
+                hp->stop_ids[hp->n_stop_ids++] = (int32_t)e->valuedouble;
+        }
+    }
+}
+
+static pio_status alloc_kv_cache(pio_model *m, pio_error *err) {
+    const pio_hparams *hp = &m->hp;
+    pio_dtype kv_dtype = m->dtype == PIO_F32 ? PIO_F32 : PIO_BF16; /* as transformers' cache */
+    int64_t shape[4] = {m->max_seqs, m->n_ctx, hp->n_head_kv, hp->head_dim};
+    m->cache_k = calloc((size_t)hp->n_layer, sizeof *m->cache_k);
+    m->cache_v = calloc((size_t)hp->n_layer, sizeof *m->cache_v);
+    if (!m->cache_k || !m->cache_v) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+    for (int l = 0; l < hp->n_layer; l++) {
+        m->cache_k[l] = pio_tensor_new(kv_dtype, 4, shape, err);
+        m->cache_v[l] = m->cache_k[l] ? pio_tensor_new(kv_dtype, 4, shape, err) : NULL;
+        if (!m->cache_v[l]) {
+            size_t per = (size_t)shape[0] * shape[1] * shape[2] * shape[3] *
+                         pio_dtype_info(kv_dtype)->size * 2 * (size_t)hp->n_layer;
+            return pio_error_set(err, PIO_ERR_OOM,
+                                 "out of memory for the KV cache: %zu MiB for %d sequence(s) of "
+                                 "%d positions (lower ctx)", per >> 20, m->max_seqs, m->n_ctx);
+        }
+        m->kv_bytes += 2 * pio_tensor_nbytes(m->cache_k[l]);
+    }
+    return PIO_OK;
+}
+
+static pio_status compute_inv_freq(pio_model *m, pio_error *err) {
+    int half = m->hp.head_dim / 2;
+    m->inv_freq = malloc((size_t)half * sizeof(float));
+    if (!m->inv_freq) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+    /* As transformers: base ** (arange(0, d, 2) / d) in f32, then 1 / that. */
+    for (int i = 0; i < half; i++) {
+        float exponent = (float)(2 * i) / (float)m->hp.head_dim;
+        m->inv_freq[i] = 1.0f / powf((float)m->hp.rope_theta, exponent);
+    }
+    return PIO_OK;
+}
+
+static pio_status open_tokenizer(pio_model *m, const char *dir, pio_error *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    bool has = is_file(path);
+    snprintf(path, sizeof path, "%s/vocab.json", dir);
+    has = has || is_file(path);
+    if (!has) return PIO_OK; /* a bare synthetic config: ids only */
+    m->tokenizer = pio_tokenizer_load(dir, err);
+    if (!m->tokenizer) return pio_error_prefix(err, "loading the tokenizer");
+    return PIO_OK;
+}
+
+static void read_sampling(const cJSON *gen, pio_sampler_params *p) {
+    bool do_sample = false;
+    double v;
+    int64_t k;
+    pio_json_bool(gen, "do_sample", false, false, &do_sample, "", NULL);
+    if (!do_sample) return; /* transformers: greedy unless do_sample */
+    if (!pio_json_double(gen, "temperature", false, 1.0, &v, "", NULL)) p->temperature = (float)v;
+    if (!pio_json_int(gen, "top_k", false, 0, &k, "", NULL)) p->top_k = (int32_t)k;
+    if (!pio_json_double(gen, "top_p", false, 1.0, &v, "", NULL)) p->top_p = (float)v;
+    if (!pio_json_double(gen, "min_p", false, 0.0, &v, "", NULL)) p->min_p = (float)v;
+    if (!pio_json_double(gen, "repetition_penalty", false, 1.0, &v, "", NULL))
+        p->repetition_penalty = (float)v;
+}
+
+static pio_status load_generation_config(pio_model *m, const char *dir) {
+    m->sampling = pio_sampler_default_params();
+    m->sampling.temperature = 0.0f;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    if (!is_file(path)) return PIO_OK;
+    cJSON *gen = pio_json_read_file(path, NULL);
+    if (gen) {
+        read_stop_ids(gen, &m->hp);
+        read_sampling(gen, &m->sampling);
+    }
+    cJSON_Delete(gen); /* a broken generation_config is not worth failing a load */
+    return PIO_OK;
+}
+
+void pio_model_default_sampling(const pio_model *m, pio_sampler_params *out) {
+    *out = m->sampling;
+}
+
+pio_model *pio_model_load(const char *path, const pio_load_opts *opts_in, pio_error *err) {
+    pio_error local;
+    if (!err) err = &local;
+    pio_load_opts opts = opts_in ? *opts_in : pio_load_opts_default();
+    char dir[4096], config_path[4096];
+    if (resolve_paths(path, opts.synthetic, dir, config_path, sizeof dir, err) != PIO_OK)
+        return NULL;
+    if (opts.dtype != PIO_F32 && opts.dtype != PIO_BF16) {
+        pio_error_set(err, PIO_ERR_INVALID, "model dtype must be f32 or bf16, got %s",
+                      pio_dtype_info(opts.dtype)->name);
+        return NULL;
+    }
+    if (opts.device != PIO_DEVICE_CPU) {
+        pio_error_set(err, PIO_ERR_NOT_FOUND,
+                      "device '%s' is not available: this pio was built without its backend",
+                      pio_device_name(opts.device));
+        return NULL;
+    }
+
+    cJSON *config = pio_json_read_file(config_path, err);
+    if (!config) return NULL;
+    pio_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        cJSON_Delete(config);
+        pio_error_set(err, PIO_ERR_OOM, "out of memory");
+        return NULL;
+    }
+    m->dtype = opts.dtype;
+    m->device = opts.device;
+    m->round_bf16 = opts.dtype == PIO_BF16;
+    m->arch = pick_arch(config, config_path, err);
+    pio_status st = m->arch ? PIO_OK : err->status;
+    if (st == PIO_OK) {
+        snprintf(m->hp.architecture, sizeof m->hp.architecture, "%s",
+                 cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(config, "architectures"), 0)
+                     ->valuestring);
+        read_stop_ids(config, &m->hp);
+        st = m->arch->parse_config(config, &m->hp, err);
+        if (st != PIO_OK) pio_error_prefix(err, "%s", config_path);
+    }
+    cJSON_Delete(config);
+    if (st == PIO_OK) st = load_generation_config(m, dir);
+
+    if (st == PIO_OK) {
+        m->max_seqs = opts.max_seqs > 0 ? opts.max_seqs : 1;
+        int32_t def_ctx = m->hp.n_ctx_train < 4096 ? m->hp.n_ctx_train : 4096;
+        m->n_ctx = opts.ctx > 0 ? opts.ctx : def_ctx;
+        if (m->n_ctx > m->hp.n_ctx_train)
+            st = pio_error_set(err, PIO_ERR_INVALID,
+                               "ctx %d exceeds the model's max_position_embeddings %d", m->n_ctx,
+                               m->hp.n_ctx_train);
+    }
+    if (st == PIO_OK) {
+        m->pool = pio_threadpool_new(opts.threads, err);
+        m->threads = pio_threadpool_size(m->pool);
+        if (!m->pool) st = err->status;
+    }
+    if (st == PIO_OK) st = open_tokenizer(m, dir, err);
+    if (st == PIO_OK && !opts.synthetic) {
+        m->st = pio_safetensors_open(dir, err);
+        if (!m->st) st = pio_error_prefix(err, "loading weights");
+    }
+    if (st == PIO_OK) {
+        pio_weight_source ws = {.dir = dir, .st = m->st, .synthetic = opts.synthetic,
+                                .seed = opts.seed, .dtype = m->dtype, .pool = m->pool,
+                                .progress = opts.progress, .progress_ud = opts.progress_ud};
+        st = m->arch->load_weights(m, &ws, err);
+        m->weight_bytes = ws.bytes;
+        m->n_params = ws.params;
+    }
+    if (st == PIO_OK) st = compute_inv_freq(m, err);
+    if (st == PIO_OK) st = alloc_kv_cache(m, err);
+    if (st != PIO_OK) {
+        pio_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+void pio_model_free(pio_model *m) {
+    if (!m) return;
+    if (m->arch && m->arch_state) m->arch->free_weights(m);
+    for (int l = 0; m->cache_k && l < m->hp.n_layer; l++) pio_tensor_free(m->cache_k[l]);
+    for (int l = 0; m->cache_v && l < m->hp.n_layer; l++) pio_tensor_free(m->cache_v[l]);
+    free(m->cache_k);
+    free(m->cache_v);
+    for (int i = 0; i < PIO_SLOT_COUNT; i++) pio_tensor_free(m->scratch.buf[i]);
+    free(m->inv_freq);
+    pio_tokenizer_free(m->tokenizer);
+    pio_safetensors_close(m->st);
+    pio_threadpool_free(m->pool);
+    free(m);
+}
+
+pio_status pio_scratch(pio_model *m, enum pio_scratch_slot slot, int64_t n, int64_t width,
+                       pio_tensor *view, pio_error *err) {
+    pio_tensor *buf = m->scratch.buf[slot];
+    if (!buf || pio_tensor_numel(buf) < n * width) {
+        pio_tensor_free(buf);
+        int64_t shape[1] = {n * width};
+        buf = m->scratch.buf[slot] = pio_tensor_new(PIO_F32, 1, shape, err);
+        if (!buf) return pio_error_prefix(err, "activations for %lld tokens", (long long)n);
+    }
+    int64_t shape[2] = {n, width};
+    *view = pio_reshape(buf, 2, shape);
+    return PIO_OK;
+}
+
+static pio_status check_batch(const pio_model *m, const pio_batch *b, pio_error *err) {
+    if (b->n_tokens <= 0) return pio_error_set(err, PIO_ERR_INVALID, "empty batch");
+    for (int32_t i = 0; i < b->n_tokens; i++) {
+        if (b->token[i] < 0 || b->token[i] >= m->hp.n_vocab)
+            return pio_error_set(err, PIO_ERR_RANGE,
+                                 "token id %d at batch index %d is outside the vocabulary "
+                                 "[0, %d)", b->token[i], i, m->hp.n_vocab);
+        if (b->seq[i] < 0 || b->seq[i] >= m->max_seqs)
+            return pio_error_set(err, PIO_ERR_RANGE,
+                                 "sequence slot %d is outside [0, %d) (raise max_seqs)",
+                                 b->seq[i], m->max_seqs);
+        if (b->pos[i] < 0 || b->pos[i] >= m->n_ctx)
+            return pio_error_set(err, PIO_ERR_RANGE,
+                                 "position %d is beyond the context of %d tokens", b->pos[i],
+                                 m->n_ctx);
+    }
+    return PIO_OK;
+}
+
+pio_status pio_model_forward(pio_model *m, const pio_batch *b, const pio_tensor **logits,
+                             pio_error *err) {
+    pio_status st = check_batch(m, b, err);
+    if (st != PIO_OK) return st;
+    int32_t n_out = 0;
+    for (int32_t i = 0; i < b->n_tokens; i++) n_out += !b->logits || b->logits[i];
+    st = pio_scratch(m, PIO_SLOT_LOGITS, n_out ? n_out : 1, m->hp.n_vocab, &m->logits, err);
+    if (st != PIO_OK) return st;
+    m->logits.shape[0] = n_out;
+    st = m->arch->forward(m, b, &m->logits, err);
+    if (logits) *logits = &m->logits;
+    return st;
+}
+
+void pio_model_get_info(const pio_model *m, pio_model_info *info) {
+    *info = (pio_model_info){
+        .architecture = m->hp.architecture, .family = m->arch->family,
+        .n_params = m->n_params, .dtype = m->dtype, .device = m->device,
+        .threads = m->threads, .weight_bytes = m->weight_bytes, .kv_bytes = m->kv_bytes,
+        .n_vocab = m->hp.n_vocab, .n_ctx = m->n_ctx, .n_ctx_train = m->hp.n_ctx_train,
+        .n_layer = m->hp.n_layer, .n_embd = m->hp.n_embd, .n_head = m->hp.n_head,
+        .n_head_kv = m->hp.n_head_kv, .head_dim = m->hp.head_dim, .max_seqs = m->max_seqs};
+}
+
+const pio_tokenizer *pio_model_tokenizer(const pio_model *m) { return m->tokenizer; }
+
+const int32_t *pio_model_stop_ids(const pio_model *m, size_t *n) {
+    *n = (size_t)m->hp.n_stop_ids;
+    return m->hp.stop_ids;
+}

@@ -1,0 +1,120 @@
+/* models/model_internal.h: what architectures, layer builders and the loader
+ * share. Not part of the public API. */
+#ifndef PIO_MODEL_INTERNAL_H
+#define PIO_MODEL_INTERNAL_H
+
+#include <cJSON.h>
+
+#include "pio/model.h"
+#include "pio/safetensors.h"
+#include "pio/sampler.h"
+#include "pio/threadpool.h"
+
+/* Hyper-parameters every text decoder has; every value comes from config.json. */
+typedef struct pio_hparams {
+    char architecture[64];
+    int32_t n_vocab;
+    int32_t n_embd;      /* hidden_size */
+    int32_t n_layer;
+    int32_t n_head, n_head_kv, head_dim;
+    int32_t n_ff;        /* intermediate_size */
+    int32_t n_ctx_train; /* max_position_embeddings */
+    double rope_theta;
+    double norm_eps;
+    bool tied_embeddings;
+    int32_t stop_ids[8];
+    int n_stop_ids;
+} pio_hparams;
+
+/* Where weights come from: a checkpoint, or seeded random numbers. */
+typedef enum pio_weight_kind {
+    PIO_WEIGHT_MATRIX, /* stored in the model's dtype; synthetic: normal(0, 0.02) */
+    PIO_WEIGHT_NORM,   /* always f32; synthetic: ones */
+} pio_weight_kind;
+
+typedef struct pio_weight_source {
+    const char *dir;           /* for messages */
+    pio_safetensors *st;       /* NULL when synthetic */
+    bool synthetic;
+    uint64_t seed;
+    pio_dtype dtype;           /* the model's weight dtype */
+    pio_threadpool *pool;
+    size_t bytes;              /* accounted as tensors load */
+    int64_t params;
+    size_t done, total;        /* progress, in tensors */
+    pio_progress_fn progress;
+    void *progress_ud;
+} pio_weight_source;
+
+/* Loads one weight with the expected shape (checked: a mismatch names the
+ * tensor and both shapes). A file tensor in the wanted dtype is used in place
+ * (memory-mapped); otherwise it is converted into a heap copy. */
+pio_tensor *pio_weights_load(pio_weight_source *ws, const char *name, int ndim,
+                             const int64_t *shape, pio_weight_kind kind, pio_error *err);
+
+/* One architecture: one row in models/registry.c. */
+typedef struct pio_arch {
+    const char *family;               /* "qwen3" */
+    const char *const *hf_names;      /* config.json `architectures` it serves, NULL-terminated */
+    pio_status (*parse_config)(const cJSON *config, pio_hparams *hp, pio_error *err);
+    /* Loads the weights into arch-private state (m->arch_state). */
+    pio_status (*load_weights)(pio_model *m, pio_weight_source *ws, pio_error *err);
+    /* Runs the batch: writes logits rows for the tokens that want them. */
+    pio_status (*forward)(pio_model *m, const pio_batch *batch, pio_tensor *logits,
+                          pio_error *err);
+    void (*free_weights)(pio_model *m);
+} pio_arch;
+
+const pio_arch *pio_arch_find(const char *hf_name);
+extern const pio_arch *const pio_arch_table[];
+
+/* Activation buffers, one per slot, sized for the largest batch seen so far
+ * (grown, never shrunk, so steady-state decode allocates nothing). */
+enum pio_scratch_slot {
+    PIO_SLOT_X, PIO_SLOT_H, PIO_SLOT_Q, PIO_SLOT_K, PIO_SLOT_V, PIO_SLOT_ATTN,
+    PIO_SLOT_OUT, PIO_SLOT_GATE, PIO_SLOT_UP, PIO_SLOT_SEL, PIO_SLOT_LOGITS, PIO_SLOT_COUNT
+};
+typedef struct pio_scratch_bufs {
+    pio_tensor *buf[PIO_SLOT_COUNT];
+} pio_scratch_bufs;
+
+struct pio_model {
+    const pio_arch *arch;
+    pio_hparams hp;
+    pio_dtype dtype;
+    pio_device device;
+    pio_threadpool *pool;
+    int threads;
+    bool round_bf16;            /* bf16 mode: round activations where torch does */
+    int32_t n_ctx, max_seqs;
+    pio_tensor **cache_k, **cache_v; /* [n_layer] of [max_seqs, n_ctx, n_head_kv, head_dim] */
+    size_t weight_bytes, kv_bytes;
+    int64_t n_params;
+    float *inv_freq;            /* [head_dim / 2] RoPE inverse frequencies */
+    pio_scratch_bufs scratch;
+    pio_tensor logits;          /* view handed out by pio_model_forward */
+    pio_sampler_params sampling; /* defaults from generation_config.json */
+    pio_tokenizer *tokenizer;
+    pio_safetensors *st;        /* kept open: weights may map into it */
+    void *arch_state;
+};
+
+/* A borrowed [n, width] f32 view of a scratch slot, growing the slot when
+ * needed. The view is a plain struct: nothing to free. */
+pio_status pio_scratch(pio_model *m, enum pio_scratch_slot slot, int64_t n, int64_t width,
+                       pio_tensor *view, pio_error *err);
+
+/* A borrowed view with a new shape over the same contiguous bytes. */
+static inline pio_tensor pio_reshape(const pio_tensor *t, int ndim, const int64_t *shape) {
+    pio_tensor v = *t;
+    v.ndim = ndim;
+    int64_t stride = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
+        v.shape[i] = shape[i];
+        v.stride[i] = stride;
+        stride *= shape[i];
+    }
+    return v;
+}
+
+#endif

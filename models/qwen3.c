@@ -1,0 +1,196 @@
+/* Qwen3 dense (Qwen3ForCausalLM), models.md §1:
+ *   x = embed[ids]
+ *   per layer: x += o_proj(attn(rope(q_norm(q)), rope(k_norm(k)), v))   on RMSNorm(x)
+ *              x += down(silu(gate) ⊙ up)                                on RMSNorm(x)
+ *   logits = lm_head(RMSNorm(x))   (lm_head tied to embed_tokens when configured) */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_ops.h"
+#include "layers.h"
+#include "pio/json.h"
+
+typedef struct qwen3_layer {
+    pio_tensor *attn_norm;             /* [n_embd] input_layernorm */
+    pio_tensor *wq, *wk, *wv, *wo;     /* [H*D, E], [Hkv*D, E], [Hkv*D, E], [E, H*D] */
+    pio_tensor *q_norm, *k_norm;       /* [D] */
+    pio_tensor *ffn_norm;              /* [n_embd] post_attention_layernorm */
+    pio_tensor *gate, *up, *down;      /* [F, E], [F, E], [E, F] */
+} qwen3_layer;
+
+typedef struct qwen3_weights {
+    pio_tensor *embed;   /* [n_vocab, n_embd] */
+    pio_tensor *norm;    /* [n_embd] */
+    pio_tensor *lm_head; /* [n_vocab, n_embd]; == embed when tied (not owned then) */
+    qwen3_layer *layers; /* [n_layer] */
+} qwen3_weights;
+
+/* transformers ≥ 5 writes rope_parameters {rope_theta, rope_type}; older configs
+ * write rope_theta and rope_scaling at the top level. */
+static pio_status parse_rope(const cJSON *cfg, pio_hparams *hp, pio_error *err) {
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(cfg, "rope_parameters");
+    const cJSON *scaling = cJSON_GetObjectItemCaseSensitive(cfg, "rope_scaling");
+    const cJSON *src = cJSON_IsObject(params) ? params : cfg;
+    pio_status st = pio_json_double(src, "rope_theta", false, 10000.0, &hp->rope_theta,
+                                    "config.json", err);
+    if (st) return st;
+    const cJSON *kind_src = cJSON_IsObject(params) ? params : scaling;
+    if (cJSON_IsObject(kind_src)) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(kind_src, "rope_type");
+        if (!cJSON_IsString(type)) type = cJSON_GetObjectItemCaseSensitive(kind_src, "type");
+        if (cJSON_IsString(type) && strcmp(type->valuestring, "default") != 0)
+            return pio_error_set(err, PIO_ERR_UNSUPPORTED,
+                                 "rope type '%s' is not supported yet (only 'default')",
+                                 type->valuestring);
+    }
+    return PIO_OK;
+}
+
+static pio_status qwen3_parse_config(const cJSON *cfg, pio_hparams *hp, pio_error *err) {
+    int64_t v;
+    const char *w = "config.json";
+    pio_status st;
+#define GET_INT(key, field, required, fallback)                                        \
+    if ((st = pio_json_int(cfg, key, required, fallback, &v, w, err))) return st;      \
+    hp->field = (int32_t)v;
+    GET_INT("vocab_size", n_vocab, true, 0);
+    GET_INT("hidden_size", n_embd, true, 0);
+    GET_INT("num_hidden_layers", n_layer, true, 0);
+    GET_INT("num_attention_heads", n_head, true, 0);
+    GET_INT("num_key_value_heads", n_head_kv, false, hp->n_head);
+    GET_INT("head_dim", head_dim, false, hp->n_embd / (hp->n_head ? hp->n_head : 1));
+    GET_INT("intermediate_size", n_ff, true, 0);
+    GET_INT("max_position_embeddings", n_ctx_train, false, 32768);
+#undef GET_INT
+    if ((st = pio_json_double(cfg, "rms_norm_eps", false, 1e-6, &hp->norm_eps, w, err)) ||
+        (st = pio_json_bool(cfg, "tie_word_embeddings", false, false, &hp->tied_embeddings, w,
+                            err)) ||
+        (st = parse_rope(cfg, hp, err)))
+        return st;
+    if (hp->n_vocab <= 0 || hp->n_embd <= 0 || hp->n_layer <= 0 || hp->n_head <= 0 ||
+        hp->n_head_kv <= 0 || hp->head_dim <= 0 || hp->n_ff <= 0 || hp->n_ctx_train <= 0)
+        return pio_error_set(err, PIO_ERR_FORMAT, "sizes must be positive");
+    if (hp->n_head % hp->n_head_kv != 0)
+        return pio_error_set(err, PIO_ERR_FORMAT,
+                             "num_attention_heads %d is not a multiple of num_key_value_heads %d",
+                             hp->n_head, hp->n_head_kv);
+    if (hp->head_dim % 2 != 0)
+        return pio_error_set(err, PIO_ERR_FORMAT, "head_dim %d must be even for RoPE",
+                             hp->head_dim);
+    const cJSON *bias = cJSON_GetObjectItemCaseSensitive(cfg, "attention_bias");
+    if (cJSON_IsTrue(bias))
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "attention_bias=true is not supported");
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(cfg, "hidden_act");
+    if (cJSON_IsString(act) && strcmp(act->valuestring, "silu") != 0)
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "hidden_act '%s' is not supported (silu)",
+                             act->valuestring);
+    return PIO_OK;
+}
+
+static pio_status qwen3_load_weights(pio_model *m, pio_weight_source *ws, pio_error *err) {
+    const pio_hparams *hp = &m->hp;
+    qwen3_weights *w = calloc(1, sizeof *w);
+    if (!w) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+    m->arch_state = w;
+    w->layers = calloc((size_t)hp->n_layer, sizeof *w->layers);
+    if (!w->layers) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+    ws->total = 3 + (size_t)hp->n_layer * 11;
+
+    int64_t E = hp->n_embd, V = hp->n_vocab, D = hp->head_dim, F = hp->n_ff;
+    int64_t QD = hp->n_head * D, KD = hp->n_head_kv * D;
+    char name[256];
+#define LOAD(dst, kind, ...)                                                                \
+    do {                                                                                    \
+        int64_t shape_[] = {__VA_ARGS__};                                                   \
+        (dst) = pio_weights_load(ws, name, (int)(sizeof shape_ / sizeof shape_[0]), shape_, \
+                                 kind, err);                                                \
+        if (!(dst)) return err->status;                                                     \
+    } while (0)
+#define NAME(...) snprintf(name, sizeof name, __VA_ARGS__)
+
+    NAME("model.embed_tokens.weight");
+    LOAD(w->embed, PIO_WEIGHT_MATRIX, V, E);
+    for (int l = 0; l < hp->n_layer; l++) {
+        qwen3_layer *L = &w->layers[l];
+        const char *p = "model.layers";
+        NAME("%s.%d.input_layernorm.weight", p, l);           LOAD(L->attn_norm, PIO_WEIGHT_NORM, E);
+        NAME("%s.%d.self_attn.q_proj.weight", p, l);          LOAD(L->wq, PIO_WEIGHT_MATRIX, QD, E);
+        NAME("%s.%d.self_attn.k_proj.weight", p, l);          LOAD(L->wk, PIO_WEIGHT_MATRIX, KD, E);
+        NAME("%s.%d.self_attn.v_proj.weight", p, l);          LOAD(L->wv, PIO_WEIGHT_MATRIX, KD, E);
+        NAME("%s.%d.self_attn.o_proj.weight", p, l);          LOAD(L->wo, PIO_WEIGHT_MATRIX, E, QD);
+        NAME("%s.%d.self_attn.q_norm.weight", p, l);          LOAD(L->q_norm, PIO_WEIGHT_NORM, D);
+        NAME("%s.%d.self_attn.k_norm.weight", p, l);          LOAD(L->k_norm, PIO_WEIGHT_NORM, D);
+        NAME("%s.%d.post_attention_layernorm.weight", p, l);  LOAD(L->ffn_norm, PIO_WEIGHT_NORM, E);
+        NAME("%s.%d.mlp.gate_proj.weight", p, l);             LOAD(L->gate, PIO_WEIGHT_MATRIX, F, E);
+        NAME("%s.%d.mlp.up_proj.weight", p, l);               LOAD(L->up, PIO_WEIGHT_MATRIX, F, E);
+        NAME("%s.%d.mlp.down_proj.weight", p, l);             LOAD(L->down, PIO_WEIGHT_MATRIX, E, F);
+    }
+    NAME("model.norm.weight");
+    LOAD(w->norm, PIO_WEIGHT_NORM, E);
+    if (hp->tied_embeddings) {
+        w->lm_head = w->embed; /* Qwen3-4B ships no lm_head.weight */
+    } else {
+        NAME("lm_head.weight");
+        LOAD(w->lm_head, PIO_WEIGHT_MATRIX, V, E);
+    }
+#undef LOAD
+#undef NAME
+    return PIO_OK;
+}
+
+static pio_status qwen3_forward(pio_model *m, const pio_batch *b, pio_tensor *logits,
+                                pio_error *err) {
+    const qwen3_weights *w = m->arch_state;
+    const pio_hparams *hp = &m->hp;
+    int64_t n = b->n_tokens;
+    float eps = (float)hp->norm_eps;
+    pio_tensor x, h, out;
+    pio_status st;
+    if ((st = pio_scratch(m, PIO_SLOT_X, n, hp->n_embd, &x, err)) ||
+        (st = pio_scratch(m, PIO_SLOT_H, n, hp->n_embd, &h, err)) ||
+        (st = pio_scratch(m, PIO_SLOT_OUT, n, hp->n_embd, &out, err)) ||
+        (st = pio_cpu_embedding(w->embed, b->token, n, &x, err)))
+        return st;
+
+    for (int l = 0; l < hp->n_layer; l++) {
+        const qwen3_layer *L = &w->layers[l];
+        pio_attn_weights aw = {L->wq, L->wk, L->wv, L->wo, L->q_norm, L->k_norm};
+        pio_ffn_weights fw = {L->gate, L->up, L->down};
+        if ((st = pio_build_norm(m, &x, L->attn_norm, eps, &h, err)) ||
+            (st = pio_build_attn(m, l, &aw, b, &h, &out, err)) ||
+            (st = pio_build_residual(m, &x, &out, err)) ||
+            (st = pio_build_norm(m, &x, L->ffn_norm, eps, &h, err)) ||
+            (st = pio_build_ffn(m, &fw, &h, &out, err)) ||
+            (st = pio_build_residual(m, &x, &out, err)))
+            return pio_error_prefix(err, "layer %d", l);
+    }
+    return pio_build_logits(m, b, &x, w->norm, w->lm_head, logits, err);
+}
+
+static void qwen3_free_weights(pio_model *m) {
+    qwen3_weights *w = m->arch_state;
+    if (w->lm_head != w->embed) pio_tensor_free(w->lm_head);
+    pio_tensor_free(w->embed);
+    pio_tensor_free(w->norm);
+    for (int l = 0; w->layers && l < m->hp.n_layer; l++) {
+        qwen3_layer *L = &w->layers[l];
+        pio_tensor *all[] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->q_norm,
+                             L->k_norm, L->ffn_norm, L->gate, L->up, L->down};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pio_tensor_free(all[i]);
+    }
+    free(w->layers);
+    free(w);
+    m->arch_state = NULL;
+}
+
+static const char *const qwen3_names[] = {"Qwen3ForCausalLM", NULL};
+
+const pio_arch pio_arch_qwen3 = {
+    .family = "qwen3",
+    .hf_names = qwen3_names,
+    .parse_config = qwen3_parse_config,
+    .load_weights = qwen3_load_weights,
+    .forward = qwen3_forward,
+    .free_weights = qwen3_free_weights,
+};

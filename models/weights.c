@@ -1,0 +1,119 @@
+/* Weights for an architecture: from a memory-mapped checkpoint (zero copy when
+ * the dtype already matches) or synthesized from a seed. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "model_internal.h"
+
+/* ---- seeded normal numbers, identical on every machine and thread count ---- */
+
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t name_hash(const char *s) { /* FNV-1a */
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return h;
+}
+
+enum { SYNTH_CHUNK = 1 << 16 };
+
+typedef struct {
+    void *data;
+    pio_dtype dtype;
+    int64_t n;
+    uint64_t seed;
+    float std;
+} synth_job;
+
+/* Each chunk has its own stream, so the result does not depend on threading. */
+static void synth_chunk(void *ctx, int task, int thread) {
+    const synth_job *job = ctx;
+    uint64_t state = job->seed + (uint64_t)task * 0x632be59bd9b4e019ull;
+    int64_t begin = (int64_t)task * SYNTH_CHUNK;
+    int64_t end = begin + SYNTH_CHUNK < job->n ? begin + SYNTH_CHUNK : job->n;
+    for (int64_t i = begin; i < end; i += 2) {
+        /* Box–Muller: two normals from two uniforms in (0, 1]. */
+        double u1 = ((splitmix64(&state) >> 11) + 1.0) * 0x1.0p-53;
+        double u2 = (splitmix64(&state) >> 11) * 0x1.0p-53;
+        double r = sqrt(-2.0 * log(u1)) * job->std;
+        float v[2] = {(float)(r * cos(2 * M_PI * u2)), (float)(r * sin(2 * M_PI * u2))};
+        for (int j = 0; j < 2 && i + j < end; j++) {
+            if (job->dtype == PIO_F32) ((float *)job->data)[i + j] = v[j];
+            else ((uint16_t *)job->data)[i + j] = pio_f32_to_bf16(v[j]);
+        }
+    }
+}
+
+static pio_tensor *synthesize(pio_weight_source *ws, const char *name, int ndim,
+                              const int64_t *shape, pio_weight_kind kind, pio_error *err) {
+    pio_dtype dt = kind == PIO_WEIGHT_NORM ? PIO_F32 : ws->dtype;
+    pio_tensor *t = pio_tensor_new(dt, ndim, shape, err);
+    if (!t) return NULL;
+    int64_t n = pio_tensor_numel(t);
+    if (kind == PIO_WEIGHT_NORM) {
+        for (int64_t i = 0; i < n; i++) ((float *)pio_tensor_data(t))[i] = 1.0f;
+        return t;
+    }
+    uint64_t s = ws->seed ^ name_hash(name);
+    synth_job job = {pio_tensor_data(t), dt, n, splitmix64(&s), 0.02f};
+    pio_threadpool_run(ws->pool, (int)((n + SYNTH_CHUNK - 1) / SYNTH_CHUNK), synth_chunk, &job);
+    return t;
+}
+
+/* ---- from the checkpoint --------------------------------------------------- */
+
+static pio_tensor *from_checkpoint(pio_weight_source *ws, const char *name, int ndim,
+                                   const int64_t *shape, pio_weight_kind kind, pio_error *err) {
+    pio_tensor *t = pio_safetensors_get(ws->st, name, err);
+    if (!t) {
+        if (err->status == PIO_ERR_NOT_FOUND)
+            pio_error_set(err, PIO_ERR_NOT_FOUND, "missing tensor '%s' in the checkpoint at %s",
+                          name, ws->dir);
+        return NULL;
+    }
+    bool same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        char got[96], want[96] = "[";
+        size_t u = 1;
+        for (int i = 0; i < ndim; i++)
+            u += (size_t)snprintf(want + u, sizeof want - u, "%s%lld", i ? ", " : "",
+                                  (long long)shape[i]);
+        snprintf(want + u, sizeof want - u, "]");
+        pio_error_set(err, PIO_ERR_FORMAT,
+                      "tensor '%s' has shape %s in the checkpoint but config.json implies %s",
+                      name, pio_shape_str(t, got, sizeof got), want);
+        pio_tensor_free(t);
+        return NULL;
+    }
+    pio_dtype want_dt = kind == PIO_WEIGHT_NORM ? PIO_F32 : ws->dtype;
+    bool round_norm = kind == PIO_WEIGHT_NORM && ws->dtype == PIO_BF16 && t->dtype == PIO_F32;
+    if (t->dtype == want_dt && !round_norm) return t; /* memory-mapped, zero copy */
+    pio_tensor *conv = pio_tensor_to(t, want_dt, err);
+    pio_tensor_free(t);
+    if (conv && round_norm) {
+        /* A bf16 model multiplies by bf16 norm weights: an f32 checkpoint loaded in bf16
+         * mode gets them rounded as torch's .to(bfloat16) would. */
+        float *w = pio_tensor_data(conv);
+        for (int64_t i = 0; i < pio_tensor_numel(conv); i++) w[i] = pio_round_bf16(w[i]);
+    }
+    return conv;
+}
+
+pio_tensor *pio_weights_load(pio_weight_source *ws, const char *name, int ndim,
+                             const int64_t *shape, pio_weight_kind kind, pio_error *err) {
+    pio_tensor *t = ws->synthetic ? synthesize(ws, name, ndim, shape, kind, err)
+                                  : from_checkpoint(ws, name, ndim, shape, kind, err);
+    if (!t) return NULL;
+    ws->bytes += pio_tensor_nbytes(t);
+    ws->params += pio_tensor_numel(t);
+    ws->done++;
+    if (ws->progress) ws->progress(ws->progress_ud, "loading weights", ws->done, ws->total);
+    return t;
+}
