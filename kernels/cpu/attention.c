@@ -1,0 +1,390 @@
+/* Causal attention with GQA over the KV cache.
+ *
+ * Token t sees keys 0..pos[t] of cache slot seq[t]; query head h reads kv head
+ * h / group:   out = Σ_j softmax_j(q·k_j · scale) v_j
+ *
+ * A work item is one token, one kv head and a batch of up to HEAD_BATCH of the
+ * query heads that share it, so the cache rows are read from memory once per
+ * batch rather than once per head (decode at long context is bound by reading
+ * the cache). The heads take turns on slices of SLICE keys: one kv head's rows
+ * are kv_heads · head_dim elements apart (2 KiB for 8 × 128 in bf16), a
+ * stride that maps them onto few L2 sets, so only a small slice is sure to
+ * stay cached until the last head of the batch has used it.
+ *
+ * Scores live in a stack buffer (CHUNK per head), so any context length works
+ * without heap scratch. The f32 path is an online softmax: when a chunk raises
+ * a head's running max, its partial output and sum are rescaled. The bf16 path
+ * rounds each probability, which needs the final max and sum before the first
+ * p·v: a statistics pass runs first, and the second pass recomputes the
+ * scores only when they did not fit one chunk. The output rows are the
+ * accumulators.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "cpu_internal.h"
+#include "simd_avx2.h"
+
+enum {
+    CHUNK = 1024,   /* keys per pass */
+    SLICE = 64,     /* keys every head of a batch handles before the next slice */
+    HEAD_BATCH = 4, /* query heads per work item: scores take 4 · CHUNK · 4 B = 16 KiB of stack */
+};
+
+typedef struct {
+    const float *q;    /* [n, heads, dk] */
+    const void *k, *v; /* [slots, ctx, kv_heads, dk], [slots, ctx, kv_heads, dv] */
+    float *out;        /* [n, heads, dv] */
+    const int32_t *seq, *pos;
+    int64_t n, heads, kv_heads, dk, dv, ctx;
+    int64_t group;   /* query heads per kv head */
+    int64_t hb;      /* query heads per work item (<= HEAD_BATCH) */
+    int64_t batches; /* work items per (token, kv head) */
+    float scale;
+    bool k_bf16, v_bf16, round_bf16;
+    int n_tasks;
+} attn_ctx;
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* ---- q·k: four keys at a time share the loads of q ----------------------- */
+
+/* The sums of a, b, c, d as one vector [Σa, Σb, Σc, Σd]. */
+static inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* q[0..d) · k_r[0..d) for the four keys k, k + step, k + 2 step, k + 3 step. */
+static ALWAYS_INLINE __m128 dot4(const float *q, const char *k, size_t step, int64_t d, int bf16) {
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) {
+        __m256 qv = _mm256_loadu_ps(q + i);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+            a[r] = _mm256_fmadd_ps(qv, pio_load8(k + r * step, i, bf16), a[r]);
+    }
+    if (i < d) { /* head_dim not a multiple of 8 */
+        __m256 qv = pio_load8_tail(q, i, d - i, 0);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+            a[r] = _mm256_fmadd_ps(qv, pio_load8_tail(k + r * step, i, d - i, bf16), a[r]);
+    }
+    return hsum4(a[0], a[1], a[2], a[3]);
+}
+
+static ALWAYS_INLINE float dot1(const float *q, const char *k, int64_t d, int bf16) {
+    __m256 a = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8)
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), pio_load8(k, i, bf16), a);
+    if (i < d)
+        a = _mm256_fmadd_ps(pio_load8_tail(q, i, d - i, 0), pio_load8_tail(k, i, d - i, bf16), a);
+    return pio_hsum256(a);
+}
+
+static inline float finish_score(const attn_ctx *c, float d) {
+    /* transformers in bf16: the QKᵀ matmul's output is bf16, then ×scale in bf16 */
+    return c->round_bf16 ? pio_round_bf16(pio_round_bf16(d) * c->scale) : d * c->scale;
+}
+
+/* s[j] = score of key j0 + j for j < len; k points at key 0, keys `step` bytes apart. */
+static ALWAYS_INLINE void scores_impl(const attn_ctx *c, const float *q, const char *k, size_t step,
+                                      int64_t j0, int64_t len, float *s, int bf16) {
+    k += (size_t)j0 * step;
+    int64_t j = 0;
+    for (; j + 4 <= len; j += 4, k += 4 * step) {
+        float d[4];
+        _mm_storeu_ps(d, dot4(q, k, step, c->dk, bf16));
+        for (int r = 0; r < 4; r++) s[j + r] = finish_score(c, d[r]);
+    }
+    for (; j < len; j++, k += step) s[j] = finish_score(c, dot1(q, k, c->dk, bf16));
+}
+
+static void scores(const attn_ctx *c, const float *q, const char *k, size_t step, int64_t j0,
+                   int64_t len, float *s) {
+    if (c->k_bf16)
+        scores_impl(c, q, k, step, j0, len, s, 1);
+    else
+        scores_impl(c, q, k, step, j0, len, s, 0);
+}
+
+/* ---- softmax pieces ------------------------------------------------------ */
+
+static float max_of(const float *s, int64_t len) {
+    float m = -__builtin_inff();
+    for (int64_t j = 0; j < len; j++) m = s[j] > m ? s[j] : m;
+    return m;
+}
+
+/* e^(x − max) · mul, lane by lane. */
+static inline __m256 exp_shifted(__m256 x, float max, float mul) {
+    return _mm256_mul_ps(pio_exp256(_mm256_sub_ps(x, _mm256_set1_ps(max))), _mm256_set1_ps(mul));
+}
+
+/* Σ_j e^(s[j] − max). */
+static float sum_exp(const float *s, int64_t len, float max) {
+    __m256 sum = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= len; j += 8)
+        sum = _mm256_add_ps(sum, exp_shifted(_mm256_loadu_ps(s + j), max, 1.0f));
+    float total = pio_hsum256(sum);
+    for (; j < len; j++) total += expf(s[j] - max);
+    return total;
+}
+
+/* s[j] ← e^(s[j] − max) · mul; returns the sum of the new values. */
+static float exp_in_place(float *s, int64_t len, float max, float mul) {
+    __m256 sum = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= len; j += 8) {
+        __m256 e = exp_shifted(_mm256_loadu_ps(s + j), max, mul);
+        _mm256_storeu_ps(s + j, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    float total = pio_hsum256(sum);
+    for (; j < len; j++) {
+        s[j] = expf(s[j] - max) * mul;
+        total += s[j];
+    }
+    return total;
+}
+
+static void scale_row(float *o, int64_t d, float by) {
+    for (int64_t i = 0; i < d; i++) o[i] *= by;
+}
+
+/* ---- p·v: four values per pass over the output row ----------------------- */
+
+/* o[0..d) += Σ_r p[r] · v_r[0..d) over the R values v, v + step, ... (R = 1 or 4):
+ * one load and store of o per R values. */
+static ALWAYS_INLINE void pv_step(float *o, const float *p, const char *v, size_t step, int R,
+                                  int64_t d, int bf16) {
+    __m256 pb[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) pb[r] = _mm256_set1_ps(p[r]);
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) {
+        __m256 acc = _mm256_loadu_ps(o + i);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            acc = _mm256_fmadd_ps(pb[r], pio_load8(v + r * step, i, bf16), acc);
+        _mm256_storeu_ps(o + i, acc);
+    }
+    if (i < d) { /* v_head_dim not a multiple of 8 */
+        __m256i m = pio_tail_mask256(d - i);
+        __m256 acc = _mm256_maskload_ps(o + i, m);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            acc = _mm256_fmadd_ps(pb[r], pio_load8_tail(v + r * step, i, d - i, bf16), acc);
+        _mm256_maskstore_ps(o + i, m, acc);
+    }
+}
+
+/* o[0..d) += Σ_j p[j] · v_j for j < len; v points at value 0, values `step` bytes apart. */
+static ALWAYS_INLINE void pv_impl(float *o, const float *p, const char *v, size_t step, int64_t len,
+                                  int64_t d, int bf16) {
+    int64_t j = 0;
+    for (; j + 4 <= len; j += 4) pv_step(o, p + j, v + (size_t)j * step, step, 4, d, bf16);
+    for (; j < len; j++) pv_step(o, p + j, v + (size_t)j * step, step, 1, d, bf16);
+}
+
+static void pv(const attn_ctx *c, float *o, const float *p, const char *v, size_t step,
+               int64_t len) {
+    if (c->v_bf16)
+        pv_impl(o, p, v, step, len, c->dv, 1);
+    else
+        pv_impl(o, p, v, step, len, c->dv, 0);
+}
+
+/* ---- one work item ------------------------------------------------------- */
+
+/* Asks for rows [j0, j0 + len) of one kv head (row_bytes each, step apart)
+ * while the current slice is computed. The strided rows defeat the hardware
+ * prefetcher; without this each one costs a full memory latency. */
+static void prefetch_rows(const char *base, size_t step, size_t row_bytes, int64_t j0,
+                          int64_t len) {
+    for (int64_t j = 0; j < len; j++)
+        for (size_t off = 0; off < row_bytes; off += 64)
+            _mm_prefetch(base + (size_t)(j0 + j) * step + off, _MM_HINT_T1);
+}
+
+/* s[b][j] = score of key j0 + j for the nh heads q[b], j < len, a slice of keys
+ * at a time for all heads. */
+static void chunk_scores(const attn_ctx *c, const float *const *q, int64_t nh, const char *k,
+                         size_t k_step, int64_t j0, int64_t len, float (*s)[CHUNK]) {
+    const size_t row_bytes = (size_t)c->dk * (c->k_bf16 ? 2 : 4);
+    for (int64_t js = 0; js < len; js += SLICE) {
+        int64_t sl = len - js < SLICE ? len - js : SLICE;
+        int64_t next = len - js - sl < SLICE ? len - js - sl : SLICE;
+        prefetch_rows(k, k_step, row_bytes, j0 + js + sl, next);
+        for (int64_t b = 0; b < nh; b++) scores(c, q[b], k, k_step, j0 + js, sl, s[b] + js);
+    }
+}
+
+/* Query heads h0..h0+nh-1 of token t, all reading kv head g. */
+static void attend(const attn_ctx *c, int64_t t, int64_t g, int64_t h0, int64_t nh) {
+    const int64_t n_keys = (int64_t)c->pos[t] + 1;
+    const int64_t row0 =
+        (int64_t)c->seq[t] * c->ctx * c->kv_heads + g; /* key 0 of head g, in rows */
+    const size_t k_step = (size_t)(c->kv_heads * c->dk) * (c->k_bf16 ? 2 : 4);
+    const size_t v_step = (size_t)(c->kv_heads * c->dv) * (c->v_bf16 ? 2 : 4);
+    const char *k = (const char *)c->k + (size_t)(row0 * c->dk) * (c->k_bf16 ? 2 : 4);
+    const char *v = (const char *)c->v + (size_t)(row0 * c->dv) * (c->v_bf16 ? 2 : 4);
+    const float *q[HEAD_BATCH];
+    float *o[HEAD_BATCH];
+    float s[HEAD_BATCH][CHUNK], max[HEAD_BATCH], sum[HEAD_BATCH];
+    for (int64_t b = 0; b < nh; b++) {
+        q[b] = c->q + (t * c->heads + h0 + b) * c->dk;
+        o[b] = c->out + (t * c->heads + h0 + b) * c->dv;
+        max[b] = -__builtin_inff();
+        sum[b] = 0.0f;
+        memset(o[b], 0, (size_t)c->dv * sizeof(float));
+    }
+
+    bool have_scores = false; /* s already holds every score (one chunk) */
+    if (c->round_bf16) {
+        /* Pass 1: each head's max and sum of e^(s − max) over all keys. */
+        for (int64_t j0 = 0; j0 < n_keys; j0 += CHUNK) {
+            int64_t len = n_keys - j0 < CHUNK ? n_keys - j0 : CHUNK;
+            chunk_scores(c, q, nh, k, k_step, j0, len, s);
+            for (int64_t b = 0; b < nh; b++) {
+                float cmax = max_of(s[b], len);
+                if (cmax > max[b]) {
+                    sum[b] *= expf(max[b] - cmax); /* 0 · e^−inf on the first chunk */
+                    max[b] = cmax;
+                }
+                sum[b] += sum_exp(s[b], len, max[b]);
+            }
+        }
+        have_scores = n_keys <= CHUNK;
+    }
+
+    for (int64_t j0 = 0; j0 < n_keys; j0 += CHUNK) {
+        int64_t len = n_keys - j0 < CHUNK ? n_keys - j0 : CHUNK;
+        if (!have_scores) chunk_scores(c, q, nh, k, k_step, j0, len, s);
+        for (int64_t b = 0; b < nh; b++) {
+            if (c->round_bf16) {
+                exp_in_place(s[b], len, max[b], 1.0f / sum[b]);
+                for (int64_t j = 0; j < len; j++)
+                    s[b][j] = pio_round_bf16(s[b][j]); /* probabilities to bf16 */
+            } else {
+                float cmax = max_of(s[b], len);
+                if (cmax > max[b]) { /* o and sum were relative to the old max */
+                    float keep = expf(max[b] - cmax);
+                    if (j0 > 0) scale_row(o[b], c->dv, keep);
+                    sum[b] *= keep;
+                    max[b] = cmax;
+                }
+                sum[b] += exp_in_place(s[b], len, max[b], 1.0f);
+            }
+        }
+        const size_t v_row_bytes = (size_t)c->dv * (c->v_bf16 ? 2 : 4);
+        for (int64_t js = 0; js < len; js += SLICE) {
+            int64_t sl = len - js < SLICE ? len - js : SLICE;
+            int64_t next = len - js - sl < SLICE ? len - js - sl : SLICE;
+            prefetch_rows(v, v_step, v_row_bytes, j0 + js + sl, next);
+            for (int64_t b = 0; b < nh; b++)
+                pv(c, o[b], s[b] + js, v + (size_t)(j0 + js) * v_step, v_step, sl);
+        }
+    }
+    if (!c->round_bf16) /* o held Σ e^(s − max) v */
+        for (int64_t b = 0; b < nh; b++) scale_row(o[b], c->dv, 1.0f / sum[b]);
+}
+
+static void attention_task(void *arg, int task, int thread) {
+    (void)thread;
+    const attn_ctx *c = arg;
+    int64_t i0, i1;
+    pio_cpu_task_range(c->n * c->kv_heads * c->batches, c->n_tasks, task, 1, &i0, &i1);
+    for (int64_t i = i0; i < i1; i++) {
+        int64_t t = i / (c->kv_heads * c->batches), rest = i % (c->kv_heads * c->batches);
+        int64_t g = rest / c->batches, b = rest % c->batches;
+        int64_t first = b * c->hb, nh = c->group - first < c->hb ? c->group - first : c->hb;
+        attend(c, t, g, g * c->group + first, nh);
+    }
+}
+
+/* ---- entry point --------------------------------------------------------- */
+
+pio_status pio_cpu_attention(pio_threadpool *pool, const pio_tensor *q, const pio_tensor *cache_k,
+                             const pio_tensor *cache_v, const int32_t *seq, const int32_t *pos,
+                             float scale, pio_tensor *out, bool round_bf16, pio_error *err) {
+    const char *op = "attention";
+    if (!pio_cpu_check_f32(op, "q", q, err) ||
+        !pio_cpu_check_f32_bf16(op, "cache_k", cache_k, err) ||
+        !pio_cpu_check_f32_bf16(op, "cache_v", cache_v, err) ||
+        !pio_cpu_check_f32(op, "out", out, err))
+        return PIO_ERR_INVALID;
+    if (q->ndim != 3 || cache_k->ndim != 4 || q->shape[2] != cache_k->shape[3] ||
+        cache_k->shape[2] <= 0 || q->shape[1] % cache_k->shape[2] != 0)
+        return pio_cpu_shape_error(
+            err, op, "q", q, "cache_k", cache_k,
+            "do not fit q[n, heads, head_dim] and cache_k[slots, ctx, kv_heads, head_dim] "
+            "with heads a multiple of kv_heads");
+    if (cache_v->ndim != 4 || cache_v->shape[0] != cache_k->shape[0] ||
+        cache_v->shape[1] != cache_k->shape[1] || cache_v->shape[2] != cache_k->shape[2])
+        return pio_cpu_shape_error(err, op, "cache_k", cache_k, "cache_v", cache_v,
+                                   "must agree on slots, ctx and kv_heads");
+    if (out->ndim != 3 || out->shape[0] != q->shape[0] || out->shape[1] != q->shape[1] ||
+        out->shape[2] != cache_v->shape[3])
+        return pio_cpu_shape_error(err, op, "q", q, "out", out,
+                                   "do not fit out[n, heads, v_head_dim] for this q and cache_v");
+    if (pio_cpu_overlap(q, out))
+        return pio_cpu_shape_error(err, op, "q", q, "out", out, "overlap in memory");
+
+    attn_ctx c = {.q = pio_tensor_data(q),
+                  .k = pio_tensor_data(cache_k),
+                  .v = pio_tensor_data(cache_v),
+                  .out = pio_tensor_data(out),
+                  .seq = seq,
+                  .pos = pos,
+                  .n = q->shape[0],
+                  .heads = q->shape[1],
+                  .kv_heads = cache_k->shape[2],
+                  .dk = q->shape[2],
+                  .dv = cache_v->shape[3],
+                  .ctx = cache_k->shape[1],
+                  .scale = scale,
+                  .k_bf16 = cache_k->dtype == PIO_BF16,
+                  .v_bf16 = cache_v->dtype == PIO_BF16,
+                  .round_bf16 = round_bf16};
+    if (c.n > 0 && (!seq || !pos))
+        return pio_error_set(err, PIO_ERR_INVALID, "%s: seq and pos are required", op);
+    int64_t keys = 0; /* keys visited per head, summed over tokens: the work estimate */
+    for (int64_t t = 0; t < c.n; t++) {
+        if (seq[t] < 0 || seq[t] >= cache_k->shape[0])
+            return pio_error_set(err, PIO_ERR_RANGE,
+                                 "%s: token %lld: sequence slot %d is out of range for %lld slots",
+                                 op, (long long)t, (int)seq[t], (long long)cache_k->shape[0]);
+        if (pos[t] < 0 || pos[t] >= c.ctx)
+            return pio_error_set(
+                err, PIO_ERR_RANGE,
+                "%s: token %lld: position %d is out of range for a context of %lld", op,
+                (long long)t, (int)pos[t], (long long)c.ctx);
+        keys += pos[t] + 1;
+    }
+    if (c.n == 0 || c.heads == 0) return PIO_OK;
+
+    /* Batch the heads of a group for cache reuse, but halve the batch while
+     * that leaves fewer than two items per thread (decode with few kv heads
+     * on many threads). */
+    int threads = pio_threadpool_size(pool);
+    c.group = c.heads / c.kv_heads;
+    c.hb = c.group < HEAD_BATCH ? c.group : HEAD_BATCH;
+    for (;;) {
+        c.batches = (c.group + c.hb - 1) / c.hb;
+        if (c.hb == 1 || c.n * c.kv_heads * c.batches >= 2 * (int64_t)threads) break;
+        c.hb = (c.hb + 1) / 2;
+    }
+    /* Items differ in cost (later tokens see more keys), so cut finer than
+     * other kernels: up to 16 tasks per thread, one for tiny problems. */
+    const int64_t items = c.n * c.kv_heads * c.batches;
+    const int64_t work = keys * c.heads * (c.dk + c.dv);
+    const int64_t tasks = work < 65536 || threads == 1 ? 1 : 16 * (int64_t)threads;
+    c.n_tasks = (int)(tasks < items ? tasks : items);
+    pio_threadpool_run(pool, c.n_tasks, attention_task, &c);
+    return PIO_OK;
+}

@@ -1,0 +1,33 @@
+/* kernels/cpu/matmul_kernels.h: the per-ISA matmul kernels behind
+ * pio_cpu_matmul (matmul.c checks arguments, splits work and dispatches). */
+#ifndef PIO_MATMUL_KERNELS_H
+#define PIO_MATMUL_KERNELS_H
+
+#include <stdint.h>
+
+/* y[n, m] = x[n, k] · w[m, k]ᵀ, all contiguous row-major. */
+typedef struct pio_matmul_job {
+    const float *x; /* [n, k] */
+    const void *w;  /* [m, k] f32 or bf16 (the kernel's name says which) */
+    float *y;       /* [n, m] */
+    int64_t n, k, m;
+} pio_matmul_job;
+
+/* Computes the columns [m0, m1) of y (rows m0..m1-1 of w) for all n rows of x.
+ * Different threads run disjoint ranges of the same job. */
+typedef void (*pio_matmul_kernel)(const pio_matmul_job *job, int64_t m0, int64_t m1);
+
+void pio_matmul_f32_avx2(const pio_matmul_job *job, int64_t m0, int64_t m1);
+void pio_matmul_bf16_avx2(const pio_matmul_job *job, int64_t m0, int64_t m1);
+void pio_matmul_f32_avx512(const pio_matmul_job *job, int64_t m0, int64_t m1);
+void pio_matmul_bf16_avx512(const pio_matmul_job *job, int64_t m0, int64_t m1);
+
+/* Rows of x per cache block: a block of about 256 KiB stays in L2 while every
+ * group of w rows of a task passes over it; a multiple of `tile`, at least one tile. */
+static inline int64_t pio_matmul_x_block(int64_t k, int64_t tile) {
+    int64_t rows = (256 * 1024) / (k * 4 + 1);
+    rows -= rows % tile;
+    return rows < tile ? tile : rows;
+}
+
+#endif

@@ -1,0 +1,88 @@
+/* RMSNorm: y = x / sqrt(mean(x²) + eps) · w over the last dimension. */
+#include <math.h>
+
+#include "cpu_internal.h"
+#include "simd_avx2.h"
+
+typedef struct {
+    const float *x; /* [rows, d] */
+    const void *w;  /* [d] f32 or bf16 */
+    float *y;       /* [rows, d], may be x */
+    int64_t rows, d;
+    float eps;
+    bool w_bf16, round_bf16;
+    int n_tasks;
+} rmsnorm_ctx;
+
+static void rmsnorm_row(const rmsnorm_ctx *c, const float *x, float *y) {
+    const int64_t d = c->d;
+    const int bf16 = c->w_bf16;
+    /* Sum of squares in f32 as torch does, in 16 lanes of partial sums. */
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
+        s0 = _mm256_fmadd_ps(a, a, s0);
+        s1 = _mm256_fmadd_ps(b, b, s1);
+    }
+    for (; i < d; i += 8) {
+        __m256 a = d - i >= 8 ? _mm256_loadu_ps(x + i) : pio_load8_tail(x, i, d - i, 0);
+        s0 = _mm256_fmadd_ps(a, a, s0);
+    }
+    float inv = 1.0f / sqrtf(pio_hsum256(_mm256_add_ps(s0, s1)) / (float)d + c->eps);
+
+    const __m256 vinv = _mm256_set1_ps(inv);
+    i = 0;
+    for (; i + 8 <= d; i += 8) {
+        __m256 xh = _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv); /* x̂ in f32 */
+        __m256 w = pio_load8(c->w, i, bf16);
+        if (c->round_bf16) /* transformers: x̂.to(bf16), then w * x̂ in bf16 */
+            _mm256_storeu_ps(y + i, pio_round_bf16_256(_mm256_mul_ps(w, pio_round_bf16_256(xh))));
+        else
+            _mm256_storeu_ps(y + i, _mm256_mul_ps(w, xh));
+    }
+    if (i < d) { /* the last d mod 8 elements, the same arithmetic lane for lane */
+        __m256i mask = pio_tail_mask256(d - i);
+        __m256 xh = _mm256_mul_ps(_mm256_maskload_ps(x + i, mask), vinv);
+        __m256 w = pio_load8_tail(c->w, i, d - i, bf16);
+        __m256 out = c->round_bf16 ? pio_round_bf16_256(_mm256_mul_ps(w, pio_round_bf16_256(xh)))
+                                   : _mm256_mul_ps(w, xh);
+        _mm256_maskstore_ps(y + i, mask, out);
+    }
+}
+
+static void rmsnorm_task(void *arg, int task, int thread) {
+    (void)thread;
+    const rmsnorm_ctx *c = arg;
+    int64_t r0, r1;
+    pio_cpu_task_range(c->rows, c->n_tasks, task, 1, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) rmsnorm_row(c, c->x + r * c->d, c->y + r * c->d);
+}
+
+pio_status pio_cpu_rmsnorm(pio_threadpool *pool, const pio_tensor *x, const pio_tensor *w,
+                           float eps, pio_tensor *y, bool round_bf16, pio_error *err) {
+    const char *op = "rmsnorm";
+    if (!pio_cpu_check_f32(op, "x", x, err) || !pio_cpu_check_f32_bf16(op, "w", w, err) ||
+        !pio_cpu_check_f32(op, "y", y, err))
+        return PIO_ERR_INVALID;
+    if (x->ndim < 1 || w->ndim != 1 || w->shape[0] != x->shape[x->ndim - 1])
+        return pio_cpu_shape_error(err, op, "x", x, "w", w, "do not fit x[..., d] and w[d]");
+    if (!pio_tensor_same_shape(x, y))
+        return pio_cpu_shape_error(err, op, "x", x, "y", y, "must have the same shape");
+    if (pio_cpu_partial_overlap(x, y))
+        return pio_cpu_shape_error(err, op, "x", x, "y", y,
+                                   "overlap without being the same tensor");
+
+    rmsnorm_ctx c = {.x = pio_tensor_data(x),
+                     .w = pio_tensor_data(w),
+                     .y = pio_tensor_data(y),
+                     .rows = pio_cpu_rows(x),
+                     .d = x->shape[x->ndim - 1],
+                     .eps = eps,
+                     .w_bf16 = w->dtype == PIO_BF16,
+                     .round_bf16 = round_bf16};
+    if (c.rows == 0 || c.d == 0) return PIO_OK;
+    c.n_tasks = pio_cpu_n_tasks(pool, c.rows, (16384 + c.d - 1) / c.d);
+    pio_threadpool_run(pool, c.n_tasks, rmsnorm_task, &c);
+    return PIO_OK;
+}

@@ -1,0 +1,777 @@
+/* test-ops: every CPU kernel of kernels/cpu/cpu_ops.h against a plain scalar
+ * reference (double accumulation) on random inputs with awkward sizes, with
+ * pools of 1 and 2 threads, on both dispatch levels (AVX2 forced, AVX-512
+ * where the CPU has it), plus the argument checks of every op. Ends with
+ * matvec throughput, printed for information and never asserted.
+ *
+ * PIO_TEST_NO_BENCH=1 skips the throughput part (for valgrind runs).
+ */
+#define _GNU_SOURCE
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "cpu_features.h"
+#include "cpu_ops.h"
+#include "pio_test.h"
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+/* Uniform in [-1, 1). */
+static float frand(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static pio_tensor *tensor(pio_dtype dt, int ndim, const int64_t *shape) {
+    pio_error err = {0};
+    pio_tensor *t = pio_tensor_new(dt, ndim, shape, &err);
+    if (!t) {
+        fprintf(stderr, "cannot allocate a test tensor: %s\n", err.msg);
+        exit(2);
+    }
+    return t;
+}
+
+/* Random values times `scale` (bf16 tensors hold them rounded). */
+static pio_tensor *rand_tensor(pio_dtype dt, int ndim, const int64_t *shape, float scale) {
+    pio_tensor *t = tensor(dt, ndim, shape);
+    for (int64_t i = 0; i < pio_tensor_numel(t); i++) pio_tensor_set(t, i, frand() * scale);
+    return t;
+}
+
+#define SHAPE(...) ((const int64_t[]){__VA_ARGS__})
+#define NDIM(...) ((int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)))
+#define T(dt, ...) tensor(dt, NDIM(__VA_ARGS__), SHAPE(__VA_ARGS__))
+#define R(dt, ...) rand_tensor(dt, NDIM(__VA_ARGS__), SHAPE(__VA_ARGS__), 1.0f)
+
+static float *fdata(pio_tensor *t) { return pio_tensor_data(t); }
+static float get(const pio_tensor *t, int64_t i) { return pio_tensor_get(t, i); }
+static float rb(double v) { return pio_round_bf16((float)v); }
+
+/* |got - want| <= tol; reports the first few misses of a check site only. */
+static int near_failures;
+static bool near(double got, double want, double tol) {
+    bool ok = fabs(got - want) <= tol || (isnan(got) && isnan(want));
+    if (!ok && near_failures++ < 8)
+        fprintf(stderr, "  got %.9g want %.9g (tol %.3g)\n", got, want, tol);
+    return ok;
+}
+
+/* One bf16 step at the scale of v. */
+static double bf16_ulp(double v) { return fabs(v) * (1.0 / 128.0) + 1e-30; }
+
+/* In bf16 mode the kernel and the reference round at the same places, so
+ * nearly every result agrees to f32 precision (`tight`). A few may sit one
+ * bf16 step apart (`loose`), where an f32 intermediate and the reference's
+ * double land on either side of a rounding boundary; a missing or extra
+ * rounding would move many. */
+typedef struct {
+    int64_t n, off, bad;
+} tally;
+
+static void tally_add(tally *t, double got, double want, double tight, double loose) {
+    t->n++;
+    double d = fabs(got - want);
+    if (d <= tight) return;
+    if (d <= loose) {
+        t->off++;
+    } else {
+        t->bad++;
+        near(got, want, loose); /* prints the first few */
+    }
+}
+
+static bool tally_ok(const tally *t) { return t->bad == 0 && t->off <= 1 + t->n / 50; }
+
+static pio_threadpool *pools[2]; /* 1 and 2 threads */
+
+/* ---- matmul -------------------------------------------------------------- */
+
+static void check_matmul(pio_threadpool *pool, int64_t n, int64_t k, int64_t m, pio_dtype wdt) {
+    pio_tensor *x = R(PIO_F32, n, k), *w = R(wdt, m, k), *y = T(PIO_F32, n, m);
+    pio_error err = {0};
+    pio_status st = pio_cpu_matmul(pool, x, w, y, &err);
+    CHECK_MSG(st == PIO_OK, "%s", err.msg);
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < m; j++) {
+            double ref = 0, mag = 0;
+            for (int64_t l = 0; l < k; l++) {
+                double p = (double)get(x, i * k + l) * get(w, j * k + l);
+                ref += p;
+                mag += fabs(p);
+            }
+            bad += !near(fdata(y)[i * m + j], ref, 2e-6 * mag + 1e-7);
+        }
+    CHECK_MSG(bad == 0, "matmul n=%lld k=%lld m=%lld w %s threads=%d (%s): %d wrong", (long long)n,
+              (long long)k, (long long)m, pio_dtype_info(wdt)->name, pio_threadpool_size(pool),
+              pio_cpu_level_name(pio_cpu_level_get()), bad);
+    pio_tensor_free(x);
+    pio_tensor_free(w);
+    pio_tensor_free(y);
+}
+
+static void test_matmul_values(void) {
+    static const int64_t ns[] = {1, 3, 17}, ks[] = {1, 7, 33, 1000}, ms[] = {1, 3, 5, 67, 130};
+    for (int p = 0; p < 2; p++)
+        for (int wd = 0; wd < 2; wd++)
+            for (size_t a = 0; a < 3; a++)
+                for (size_t b = 0; b < 4; b++)
+                    for (size_t c = 0; c < 5; c++)
+                        check_matmul(pools[p], ns[a], ks[b], ms[c], wd ? PIO_BF16 : PIO_F32);
+    /* Big enough that 2 threads split it into many tasks, with a k tail. */
+    check_matmul(pools[1], 1, 1000, 1031, PIO_BF16);
+    check_matmul(pools[1], 37, 515, 300, PIO_BF16);
+    check_matmul(pools[1], 37, 515, 300, PIO_F32);
+}
+
+/* The value checks on the AVX2 baseline (forced) and on AVX-512 if present. */
+static void test_matmul_dispatch(void) {
+    const char *outer = getenv("PIO_CPU");
+    char *saved = outer ? strdup(outer) : NULL;
+
+    setenv("PIO_CPU", "avx2", 1);
+    CHECK(pio_cpu_features_reinit() == PIO_CPU_AVX2);
+    test_matmul_values();
+    printf("matmul checked on avx2\n");
+
+    /* Someone who forced avx2 (valgrind cannot run AVX-512) keeps it. */
+    if (!(saved && strcmp(saved, "avx2") == 0)) {
+        unsetenv("PIO_CPU");
+        if (pio_cpu_features_reinit() == PIO_CPU_AVX512) {
+            test_matmul_values();
+            printf("matmul checked on avx512\n");
+        } else {
+            printf("matmul: this CPU has no AVX-512, checked avx2 only\n");
+        }
+    }
+    if (saved)
+        setenv("PIO_CPU", saved, 1);
+    else
+        unsetenv("PIO_CPU");
+    free(saved);
+    pio_cpu_features_reinit();
+}
+
+static void test_matmul_rejects(void) {
+    pio_error err = {0};
+    pio_tensor *x = T(PIO_F32, 3, 7), *w = T(PIO_F32, 5, 8), *y = T(PIO_F32, 3, 5);
+    CHECK(pio_cpu_matmul(pools[0], x, w, y, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "[3, 7]");
+    CHECK_ERR(err, "[5, 8]");
+    pio_tensor *w2 = T(PIO_F32, 5, 7), *y2 = T(PIO_F32, 3, 4);
+    CHECK(pio_cpu_matmul(pools[0], x, w2, y2, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "[3, 7]");
+    CHECK_ERR(err, "[3, 4]");
+    pio_tensor *wf16 = T(PIO_F16, 5, 7);
+    CHECK(pio_cpu_matmul(pools[0], x, wf16, y, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "f16");
+    CHECK(pio_cpu_matmul(pools[0], x, w2, x, &err) == PIO_ERR_INVALID); /* y must not alias x */
+    pio_tensor_free(x);
+    pio_tensor_free(w);
+    pio_tensor_free(y);
+    pio_tensor_free(w2);
+    pio_tensor_free(y2);
+    pio_tensor_free(wf16);
+}
+
+/* ---- rmsnorm ------------------------------------------------------------- */
+
+static void check_rmsnorm(pio_threadpool *pool, int64_t rows, int64_t d, pio_dtype wdt, bool rnd,
+                          bool in_place) {
+    const float eps = 1e-6f;
+    pio_tensor *x = R(PIO_F32, rows, d), *w = R(wdt, d);
+    if (rnd) pio_cpu_round_bf16(x); /* bf16 mode sees bf16 activations */
+    pio_tensor *x0 = pio_tensor_contiguous(x, NULL);
+    pio_tensor *y = in_place ? x : T(PIO_F32, rows, d);
+    pio_error err = {0};
+    CHECK_MSG(pio_cpu_rmsnorm(pool, x, w, eps, y, rnd, &err) == PIO_OK, "%s", err.msg);
+    tally ty = {0};
+    for (int64_t r = 0; r < rows; r++) {
+        double ss = 0;
+        for (int64_t i = 0; i < d; i++) ss += (double)get(x0, r * d + i) * get(x0, r * d + i);
+        double inv = 1.0 / sqrt(ss / (double)d + eps);
+        for (int64_t i = 0; i < d; i++) {
+            double xh = get(x0, r * d + i) * inv, wi = get(w, i);
+            if (rnd)
+                tally_add(&ty, fdata(y)[r * d + i], rb(wi * rb(xh)), 0, bf16_ulp(wi * xh));
+            else
+                tally_add(&ty, fdata(y)[r * d + i], wi * xh, 1e-5 * fabs(wi * xh) + 1e-7,
+                          1e-5 * fabs(wi * xh) + 1e-7);
+        }
+    }
+    CHECK_MSG(tally_ok(&ty),
+              "rmsnorm rows=%lld d=%lld w %s round=%d in_place=%d: %lld off, %lld wrong",
+              (long long)rows, (long long)d, pio_dtype_info(wdt)->name, rnd, in_place,
+              (long long)ty.off, (long long)ty.bad);
+    pio_tensor_free(x0);
+    pio_tensor_free(w);
+    if (!in_place) pio_tensor_free(y);
+    pio_tensor_free(x);
+}
+
+static void test_rmsnorm(void) {
+    static const int64_t ds[] = {1, 7, 33, 1000}, rows[] = {1, 3, 17};
+    for (int p = 0; p < 2; p++)
+        for (size_t a = 0; a < 4; a++)
+            for (size_t r = 0; r < 3; r++)
+                for (int wd = 0; wd < 2; wd++)
+                    for (int rnd = 0; rnd < 2; rnd++)
+                        check_rmsnorm(pools[p], rows[r], ds[a], wd ? PIO_BF16 : PIO_F32, rnd,
+                                      (a + r) % 2);
+    check_rmsnorm(pools[1], 300, 1000, PIO_BF16, true, false); /* several tasks */
+
+    pio_error err = {0};
+    pio_tensor *x = T(PIO_F32, 3, 8), *w = T(PIO_F32, 7), *y = T(PIO_F32, 3, 9),
+               *w8 = T(PIO_F32, 8);
+    CHECK(pio_cpu_rmsnorm(NULL, x, w, 1e-6f, x, false, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "[3, 8]");
+    CHECK_ERR(err, "[7]");
+    CHECK(pio_cpu_rmsnorm(NULL, x, w8, 1e-6f, y, false, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "[3, 8]");
+    CHECK_ERR(err, "[3, 9]");
+    pio_tensor_free(x);
+    pio_tensor_free(w);
+    pio_tensor_free(y);
+    pio_tensor_free(w8);
+}
+
+/* ---- rope ---------------------------------------------------------------- */
+
+static void check_rope(int64_t n, int64_t heads, int64_t hd, int rot, bool rnd) {
+    pio_tensor *x = R(PIO_F32, n, heads, hd);
+    if (rnd) pio_cpu_round_bf16(x);
+    pio_tensor *x0 = pio_tensor_contiguous(x, NULL);
+    int32_t pos[64];
+    float inv_freq[256];
+    for (int64_t t = 0; t < n; t++) pos[t] = (int32_t)((t * 37) % 1500);
+    for (int i = 0; i < rot / 2; i++)
+        inv_freq[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)rot);
+    pio_error err = {0};
+    CHECK_MSG(pio_cpu_rope(x, pos, inv_freq, rot, rnd, &err) == PIO_OK, "%s", err.msg);
+    int bad = 0, h2 = rot / 2;
+    tally ty = {0};
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t h = 0; h < heads; h++) {
+            int64_t base = (t * heads + h) * hd;
+            for (int i = 0; i < h2; i++) {
+                float angle = (float)pos[t] * inv_freq[i]; /* f32, as the spec says */
+                double c = cos((double)angle), s = sin((double)angle);
+                double a = get(x0, base + i), b = get(x0, base + i + h2);
+                if (rnd) {
+                    double cb = rb(c), sb = rb(s), step = (fabs(a) + fabs(b)) / 128.0;
+                    tally_add(&ty, fdata(x)[base + i], rb(rb(a * cb) + rb(-b * sb)), 0, step);
+                    tally_add(&ty, fdata(x)[base + i + h2], rb(rb(b * cb) + rb(a * sb)), 0, step);
+                } else {
+                    tally_add(&ty, fdata(x)[base + i], a * c - b * s, 2e-6, 2e-6);
+                    tally_add(&ty, fdata(x)[base + i + h2], b * c + a * s, 2e-6, 2e-6);
+                }
+            }
+            for (int64_t i = rot; i < hd; i++) /* beyond rot_dim: untouched */
+                bad += fdata(x)[base + i] != get(x0, base + i);
+        }
+    CHECK_MSG(bad == 0 && tally_ok(&ty),
+              "rope n=%lld heads=%lld hd=%lld rot=%d round=%d: %lld off, %lld wrong", (long long)n,
+              (long long)heads, (long long)hd, rot, rnd, (long long)ty.off,
+              (long long)(ty.bad + bad));
+    pio_tensor_free(x);
+    pio_tensor_free(x0);
+}
+
+static void test_rope(void) {
+    for (int rnd = 0; rnd < 2; rnd++) {
+        check_rope(1, 1, 2, 2, rnd);
+        check_rope(3, 4, 16, 16, rnd);
+        check_rope(17, 2, 64, 32, rnd); /* partial rotary */
+        check_rope(5, 3, 10, 6, rnd);
+    }
+    pio_error err = {0};
+    pio_tensor *x = T(PIO_F32, 3, 4, 16), *x2 = T(PIO_F32, 3, 16);
+    int32_t pos[3] = {0};
+    float f[8] = {0};
+    CHECK(pio_cpu_rope(x, pos, f, 7, false, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "[3, 4, 16]");
+    CHECK(pio_cpu_rope(x, pos, f, 18, false, &err) == PIO_ERR_INVALID);
+    CHECK(pio_cpu_rope(x2, pos, f, 8, false, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "[3, 16]");
+    pio_tensor_free(x);
+    pio_tensor_free(x2);
+}
+
+/* ---- softmax ------------------------------------------------------------- */
+
+static void check_softmax(int64_t rows, int64_t d, float scale, float offset) {
+    pio_tensor *x = rand_tensor(PIO_F32, 2, SHAPE(rows, d), scale);
+    for (int64_t i = 0; i < rows * d; i++) fdata(x)[i] += offset;
+    pio_tensor *x0 = pio_tensor_contiguous(x, NULL);
+    pio_error err = {0};
+    CHECK_MSG(pio_cpu_softmax(x, &err) == PIO_OK, "%s", err.msg);
+    int bad = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        double max = -INFINITY, sum = 0;
+        for (int64_t i = 0; i < d; i++) max = fmax(max, get(x0, r * d + i));
+        for (int64_t i = 0; i < d; i++) sum += exp(get(x0, r * d + i) - max);
+        for (int64_t i = 0; i < d; i++) {
+            double ref = exp(get(x0, r * d + i) - max) / sum;
+            bad += !near(fdata(x)[r * d + i], ref, 1e-5 * ref + 1e-9);
+        }
+    }
+    CHECK_MSG(bad == 0, "softmax rows=%lld d=%lld scale=%g offset=%g: %d wrong", (long long)rows,
+              (long long)d, scale, offset, bad);
+    pio_tensor_free(x);
+    pio_tensor_free(x0);
+}
+
+static void test_softmax(void) {
+    static const int64_t ds[] = {1, 7, 33, 1000};
+    for (size_t a = 0; a < 4; a++) {
+        check_softmax(3, ds[a], 1.0f, 0.0f);
+        check_softmax(2, ds[a], 30.0f, 0.0f);   /* wide range: tiny probabilities */
+        check_softmax(2, ds[a], 1.0f, 1000.0f); /* exp(x) alone would overflow */
+    }
+    pio_error err = {0};
+    pio_tensor *x = T(PIO_BF16, 2, 3);
+    CHECK(pio_cpu_softmax(x, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "[2, 3]");
+    pio_tensor_free(x);
+}
+
+/* ---- silu_mul ------------------------------------------------------------ */
+
+static void check_silu_mul(int64_t n, int64_t d, bool rnd, int alias) {
+    pio_tensor *g = rand_tensor(PIO_F32, 2, SHAPE(n, d), 8.0f), *u = R(PIO_F32, n, d);
+    if (rnd) {
+        pio_cpu_round_bf16(g);
+        pio_cpu_round_bf16(u);
+    }
+    pio_tensor *g0 = pio_tensor_contiguous(g, NULL), *u0 = pio_tensor_contiguous(u, NULL);
+    pio_tensor *out = alias == 1 ? g : alias == 2 ? u : T(PIO_F32, n, d);
+    pio_error err = {0};
+    CHECK_MSG(pio_cpu_silu_mul(g, u, out, rnd, &err) == PIO_OK, "%s", err.msg);
+    tally ty = {0};
+    for (int64_t i = 0; i < n * d; i++) {
+        double gv = get(g0, i), silu = gv / (1.0 + exp(-gv)), u = get(u0, i);
+        if (rnd)
+            tally_add(&ty, fdata(out)[i], rb(rb(silu) * u), 0, bf16_ulp(silu * u));
+        else
+            tally_add(&ty, fdata(out)[i], silu * u, 1e-6 * fabs(silu * u) + 1e-9,
+                      1e-6 * fabs(silu * u) + 1e-9);
+    }
+    CHECK_MSG(tally_ok(&ty), "silu_mul [%lld, %lld] round=%d alias=%d: %lld off, %lld wrong",
+              (long long)n, (long long)d, rnd, alias, (long long)ty.off, (long long)ty.bad);
+    if (alias == 0) pio_tensor_free(out);
+    pio_tensor_free(g);
+    pio_tensor_free(u);
+    pio_tensor_free(g0);
+    pio_tensor_free(u0);
+}
+
+static void test_silu_mul(void) {
+    static const int64_t ds[] = {1, 7, 33, 1000};
+    for (size_t a = 0; a < 4; a++)
+        for (int rnd = 0; rnd < 2; rnd++)
+            for (int alias = 0; alias < 3; alias++) check_silu_mul(3, ds[a], rnd, alias);
+    pio_error err = {0};
+    pio_tensor *g = T(PIO_F32, 3, 4), *u = T(PIO_F32, 3, 5);
+    CHECK(pio_cpu_silu_mul(g, u, g, false, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "[3, 4]");
+    CHECK_ERR(err, "[3, 5]");
+    pio_tensor_free(g);
+    pio_tensor_free(u);
+}
+
+/* ---- binary -------------------------------------------------------------- */
+
+static void test_binary(void) {
+    static const int64_t ds[] = {1, 7, 33, 1000};
+    for (int op = PIO_ADD; op <= PIO_DIV; op++)
+        for (size_t a = 0; a < 4; a++)
+            for (int bcast = 0; bcast < 2; bcast++)
+                for (int alias = 0; alias < 3; alias++) { /* out separate, = a, = b */
+                    if (bcast && alias == 2) continue;
+                    int64_t d = ds[a];
+                    pio_tensor *ta = R(PIO_F32, 2, d),
+                               *tb = bcast ? R(PIO_F32, 1) : R(PIO_F32, 2, d);
+                    pio_tensor *a0 = pio_tensor_contiguous(ta, NULL),
+                               *b0 = pio_tensor_contiguous(tb, NULL);
+                    pio_tensor *out = alias == 1 ? ta : alias == 2 ? tb : T(PIO_F32, 2, d);
+                    pio_error err = {0};
+                    CHECK_MSG(pio_cpu_binary((pio_binary_op)op, ta, tb, out, &err) == PIO_OK, "%s",
+                              err.msg);
+                    int bad = 0;
+                    for (int64_t i = 0; i < 2 * d; i++) {
+                        float x = fdata(a0)[i], y = fdata(b0)[bcast ? 0 : i];
+                        float ref = op == PIO_ADD   ? x + y
+                                    : op == PIO_SUB ? x - y
+                                    : op == PIO_MUL ? x * y
+                                                    : x / y;
+                        bad += fdata(out)[i] != ref; /* one IEEE operation: exact */
+                    }
+                    CHECK_MSG(bad == 0, "binary op=%d d=%lld bcast=%d alias=%d: %d wrong", op,
+                              (long long)d, bcast, alias, bad);
+                    if (alias == 0) pio_tensor_free(out);
+                    pio_tensor_free(ta);
+                    pio_tensor_free(tb);
+                    pio_tensor_free(a0);
+                    pio_tensor_free(b0);
+                }
+    pio_error err = {0};
+    pio_tensor *a = T(PIO_F32, 2, 3), *b = T(PIO_F32, 3, 2), *o = T(PIO_F32, 3, 2);
+    CHECK(pio_cpu_binary(PIO_ADD, a, b, a, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "[2, 3]");
+    CHECK_ERR(err, "[3, 2]");
+    CHECK(pio_cpu_binary(PIO_MUL, a, a, o, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "[2, 3]");
+    CHECK_ERR(err, "[3, 2]");
+    pio_tensor_free(a);
+    pio_tensor_free(b);
+    pio_tensor_free(o);
+}
+
+/* ---- round_bf16 ---------------------------------------------------------- */
+
+static float from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void test_round_bf16(void) {
+    static const uint32_t special[] = {
+        0x3f808000u,                                        /* tie, even below: stays */
+        0x3f818000u,                                        /* tie, odd below: rounds up */
+        0x3f80c000u, 0x3f807fffu, 0xbf818000u, 0x7f7fffffu, /* max f32 rounds to inf */
+        0x7f800000u, 0xff800000u, 0x7fc00001u, 0x7f800001u, /* inf, -inf, NaNs */
+        0x00000001u, 0x80000000u, 0x007fffffu,
+    };
+    static const int64_t ns[] = {1, 7, 33, 1000};
+    for (size_t a = 0; a < 4; a++) {
+        int64_t n = ns[a];
+        pio_tensor *x = rand_tensor(PIO_F32, 1, SHAPE(n), 100.0f);
+        for (int64_t i = 0; i < n && i < (int64_t)(sizeof special / sizeof special[0]); i++)
+            fdata(x)[(i * 5) % n] = from_bits(special[i]);
+        pio_tensor *x0 = pio_tensor_contiguous(x, NULL);
+        pio_cpu_round_bf16(x);
+        int bad = 0;
+        for (int64_t i = 0; i < n; i++) {
+            float want = pio_round_bf16(fdata(x0)[i]), got = fdata(x)[i];
+            bad += isnan(want) ? !isnan(got) : memcmp(&want, &got, sizeof got) != 0;
+        }
+        CHECK_MSG(bad == 0, "round_bf16 n=%lld: %d differ from pio_round_bf16", (long long)n, bad);
+        pio_tensor_free(x);
+        pio_tensor_free(x0);
+    }
+}
+
+/* ---- embedding ----------------------------------------------------------- */
+
+static void test_embedding(void) {
+    for (int wd = 0; wd < 2; wd++)
+        for (int64_t d = 1; d <= 33; d += 32) {
+            pio_tensor *table = R(wd ? PIO_BF16 : PIO_F32, 10, d), *out = T(PIO_F32, 4, d);
+            int32_t ids[4] = {3, 0, 9, 3};
+            pio_error err = {0};
+            CHECK_MSG(pio_cpu_embedding(table, ids, 4, out, &err) == PIO_OK, "%s", err.msg);
+            int bad = 0;
+            for (int i = 0; i < 4; i++)
+                for (int64_t j = 0; j < d; j++)
+                    bad += fdata(out)[i * d + j] != get(table, ids[i] * d + j);
+            CHECK_MSG(bad == 0, "embedding %s d=%lld: %d wrong", wd ? "bf16" : "f32", (long long)d,
+                      bad);
+
+            int32_t bad_ids[4] = {3, 12, 0, 1};
+            CHECK(pio_cpu_embedding(table, bad_ids, 4, out, &err) == PIO_ERR_RANGE);
+            CHECK_ERR(err, "12");
+            CHECK_ERR(err, "10");
+            int32_t neg[1] = {-1};
+            pio_tensor *one = T(PIO_F32, 1, d);
+            CHECK(pio_cpu_embedding(table, neg, 1, one, &err) == PIO_ERR_RANGE);
+            CHECK_ERR(err, "-1");
+            pio_tensor *wrong = T(PIO_F32, 4, d + 1);
+            CHECK(pio_cpu_embedding(table, ids, 4, wrong, &err) == PIO_ERR_INVALID);
+            char ts[32], ws[32];
+            snprintf(ts, sizeof ts, "[10, %lld]", (long long)d);
+            snprintf(ws, sizeof ws, "[4, %lld]", (long long)d + 1);
+            CHECK_ERR(err, ts);
+            CHECK_ERR(err, ws);
+            pio_tensor_free(table);
+            pio_tensor_free(out);
+            pio_tensor_free(one);
+            pio_tensor_free(wrong);
+        }
+}
+
+/* ---- kv_write ------------------------------------------------------------ */
+
+static void test_kv_write(void) {
+    for (int cd = 0; cd < 2; cd++) {
+        pio_dtype dt = cd ? PIO_BF16 : PIO_F32;
+        const int64_t slots = 3, ctx = 8, kvh = 2, dk = 5, dv = 3;
+        pio_tensor *ck = T(dt, slots, ctx, kvh, dk), *cv = T(dt, slots, ctx, kvh, dv);
+        pio_tensor *k = R(PIO_F32, 3, kvh, dk), *v = R(PIO_F32, 3, kvh, dv);
+        int32_t seq[3] = {2, 0, 2}, pos[3] = {7, 0, 1};
+        pio_error err = {0};
+        CHECK_MSG(pio_cpu_kv_write(k, v, ck, cv, seq, pos, &err) == PIO_OK, "%s", err.msg);
+        int bad = 0, written = 0;
+        for (int64_t s = 0; s < slots; s++)
+            for (int64_t p = 0; p < ctx; p++) {
+                int t = -1;
+                for (int i = 0; i < 3; i++)
+                    if (seq[i] == s && pos[i] == p) t = i;
+                for (int64_t e = 0; e < kvh * dk; e++) {
+                    float want = t < 0 ? 0.0f
+                                 : cd  ? rb(get(k, t * kvh * dk + e))
+                                       : get(k, t * kvh * dk + e);
+                    bad += get(ck, (s * ctx + p) * kvh * dk + e) != want;
+                }
+                for (int64_t e = 0; e < kvh * dv; e++) {
+                    float want = t < 0 ? 0.0f
+                                 : cd  ? rb(get(v, t * kvh * dv + e))
+                                       : get(v, t * kvh * dv + e);
+                    bad += get(cv, (s * ctx + p) * kvh * dv + e) != want;
+                }
+                written += t >= 0;
+            }
+        CHECK_MSG(bad == 0 && written == 3, "kv_write cache %s: %d wrong", pio_dtype_info(dt)->name,
+                  bad);
+
+        int32_t bad_seq[3] = {2, 3, 0}, bad_pos[3] = {0, 8, 1};
+        CHECK(pio_cpu_kv_write(k, v, ck, cv, bad_seq, pos, &err) == PIO_ERR_RANGE);
+        CHECK_ERR(err, "slot 3");
+        CHECK(pio_cpu_kv_write(k, v, ck, cv, seq, bad_pos, &err) == PIO_ERR_RANGE);
+        CHECK_ERR(err, "position 8");
+        pio_tensor *k4 = T(PIO_F32, 3, kvh, 4);
+        CHECK(pio_cpu_kv_write(k4, v, ck, cv, seq, pos, &err) == PIO_ERR_INVALID);
+        CHECK_ERR(err, "[3, 2, 4]");
+        CHECK_ERR(err, "[3, 8, 2, 5]");
+        pio_tensor_free(ck);
+        pio_tensor_free(cv);
+        pio_tensor_free(k);
+        pio_tensor_free(v);
+        pio_tensor_free(k4);
+    }
+}
+
+/* ---- attention ----------------------------------------------------------- */
+
+/* The naive reference: for each token and head, scores over keys 0..pos[t]
+ * in double, softmax, weighted sum of values; in bf16 mode it rounds where
+ * transformers' eager attention does. */
+static void attention_ref(const pio_tensor *q, const pio_tensor *ck, const pio_tensor *cv,
+                          const int32_t *seq, const int32_t *pos, float scale, bool rnd,
+                          double *out) {
+    const int64_t n = q->shape[0], H = q->shape[1], dk = q->shape[2], ctx = ck->shape[1];
+    const int64_t KV = ck->shape[2], dv = cv->shape[3], group = H / KV;
+    double *sc = malloc(sizeof(double) * (size_t)ctx);
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t h = 0; h < H; h++) {
+            int64_t g = h / group, L = pos[t] + 1;
+            double max = -INFINITY, sum = 0;
+            for (int64_t j = 0; j < L; j++) {
+                double d = 0;
+                for (int64_t i = 0; i < dk; i++)
+                    d += (double)get(q, (t * H + h) * dk + i) *
+                         get(ck, ((seq[t] * ctx + j) * KV + g) * dk + i);
+                sc[j] = rnd ? rb((double)rb(d) * scale) : d * scale;
+                max = fmax(max, sc[j]);
+            }
+            for (int64_t j = 0; j < L; j++) sum += exp(sc[j] - max);
+            for (int64_t i = 0; i < dv; i++) out[(t * H + h) * dv + i] = 0;
+            for (int64_t j = 0; j < L; j++) {
+                double p = exp(sc[j] - max) / sum;
+                if (rnd) p = rb(p);
+                for (int64_t i = 0; i < dv; i++)
+                    out[(t * H + h) * dv + i] +=
+                        p * get(cv, ((seq[t] * ctx + j) * KV + g) * dv + i);
+            }
+        }
+    free(sc);
+}
+
+static void check_attention(pio_threadpool *pool, int64_t H, int64_t KV, int64_t dk, int64_t dv,
+                            int64_t ctx, pio_dtype cdt, bool rnd, int n, const int32_t *seq,
+                            const int32_t *pos, float new_key_scale) {
+    const int64_t slots = 3;
+    /* Earlier tokens' keys and values are already in the cache; this batch's go in by kv_write. */
+    pio_tensor *ck = rand_tensor(cdt, 4, SHAPE(slots, ctx, KV, dk), 2.0f);
+    pio_tensor *cv = R(cdt, slots, ctx, KV, dv);
+    pio_tensor *q = rand_tensor(PIO_F32, 3, SHAPE(n, H, dk), 2.0f);
+    pio_tensor *k = rand_tensor(PIO_F32, 3, SHAPE(n, KV, dk), new_key_scale),
+               *v = R(PIO_F32, n, KV, dv);
+    pio_tensor *out = T(PIO_F32, n, H, dv);
+    if (rnd) pio_cpu_round_bf16(q);
+    pio_error err = {0};
+    CHECK_MSG(pio_cpu_kv_write(k, v, ck, cv, seq, pos, &err) == PIO_OK, "%s", err.msg);
+    float scale = 1.0f / sqrtf((float)dk);
+    CHECK_MSG(pio_cpu_attention(pool, q, ck, cv, seq, pos, scale, out, rnd, &err) == PIO_OK, "%s",
+              err.msg);
+
+    double *ref = malloc(sizeof(double) * (size_t)(n * H * dv));
+    attention_ref(q, ck, cv, seq, pos, scale, rnd, ref);
+    /* bf16 mode: a score or probability one bf16 step off moves an output by
+     * about 1e-2 at most; outputs otherwise agree to f32 precision. */
+    tally ty = {0};
+    for (int64_t i = 0; i < n * H * dv; i++)
+        tally_add(&ty, fdata(out)[i], ref[i], 2e-5, rnd ? 1e-2 : 2e-5);
+    CHECK_MSG(tally_ok(&ty),
+              "attention H=%lld KV=%lld dk=%lld dv=%lld ctx=%lld cache %s round=%d threads=%d: "
+              "%lld off, %lld wrong",
+              (long long)H, (long long)KV, (long long)dk, (long long)dv, (long long)ctx,
+              pio_dtype_info(cdt)->name, rnd, pio_threadpool_size(pool), (long long)ty.off,
+              (long long)ty.bad);
+    free(ref);
+    pio_tensor_free(ck);
+    pio_tensor_free(cv);
+    pio_tensor_free(q);
+    pio_tensor_free(k);
+    pio_tensor_free(v);
+    pio_tensor_free(out);
+}
+
+static void test_attention(void) {
+    /* One batch mixing a prefill (slot 0, positions 0..4), a decode step deep in
+     * slot 2, and two tokens continuing slot 1. */
+    static const int32_t seq[] = {0, 0, 0, 0, 0, 2, 1, 1}, pos[] = {0, 1, 2, 3, 4, 17, 8, 9};
+    static const int64_t ratios[][2] = {{4, 4}, {4, 2}, {8, 2}}; /* GQA groups 1, 2, 4 */
+    for (int p = 0; p < 2; p++)
+        for (int r = 0; r < 3; r++)
+            for (int cd = 0; cd < 2; cd++)
+                for (int rnd = 0; rnd < 2; rnd++) {
+                    pio_dtype dt = cd ? PIO_BF16 : PIO_F32;
+                    check_attention(pools[p], ratios[r][0], ratios[r][1], 16, 16, 20, dt, rnd, 8,
+                                    seq, pos, 2.0f);
+                    check_attention(pools[p], ratios[r][0], ratios[r][1], 20, 12, 20, dt, rnd, 8,
+                                    seq, pos, 2.0f);
+                }
+    /* Contexts longer than one chunk of scores (1024 keys): the online
+     * rescaling and, in bf16 mode, the two-pass path. The batch's own keys
+     * are large, so the last chunk (holding key pos[t]) usually raises the max. */
+    static const int32_t lseq[] = {1, 0, 1}, lpos[] = {1100, 3, 600};
+    for (int cd = 0; cd < 2; cd++)
+        for (int rnd = 0; rnd < 2; rnd++)
+            check_attention(pools[1], 4, 2, 32, 32, 1200, cd ? PIO_BF16 : PIO_F32, rnd, 3, lseq,
+                            lpos, 8.0f);
+
+    pio_error err = {0};
+    pio_tensor *q = T(PIO_F32, 2, 6, 8), *ck = T(PIO_F32, 1, 4, 4, 8), *cv = T(PIO_F32, 1, 4, 4, 8);
+    pio_tensor *out = T(PIO_F32, 2, 6, 8);
+    int32_t s[2] = {0, 0}, ps[2] = {0, 1};
+    CHECK(pio_cpu_attention(NULL, q, ck, cv, s, ps, 1.0f, out, false, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "[2, 6, 8]");
+    CHECK_ERR(err, "[1, 4, 4, 8]");
+    pio_tensor *q4 = T(PIO_F32, 2, 4, 8), *out7 = T(PIO_F32, 2, 4, 7), *out8 = T(PIO_F32, 2, 4, 8);
+    CHECK(pio_cpu_attention(NULL, q4, ck, cv, s, ps, 1.0f, out7, false, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "[2, 4, 8]");
+    CHECK_ERR(err, "[2, 4, 7]");
+    int32_t far[2] = {0, 4}, slot[2] = {1, 0};
+    CHECK(pio_cpu_attention(NULL, q4, ck, cv, s, far, 1.0f, out8, false, &err) == PIO_ERR_RANGE);
+    CHECK_ERR(err, "position 4");
+    CHECK(pio_cpu_attention(NULL, q4, ck, cv, slot, ps, 1.0f, out8, false, &err) == PIO_ERR_RANGE);
+    CHECK_ERR(err, "slot 1");
+    pio_tensor_free(q);
+    pio_tensor_free(ck);
+    pio_tensor_free(cv);
+    pio_tensor_free(out);
+    pio_tensor_free(q4);
+    pio_tensor_free(out7);
+    pio_tensor_free(out8);
+}
+
+/* ---- throughput (information only) --------------------------------------- */
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Decode-shaped matvec on bf16 [4096, 4096] weights (32 MiB each). Four weights
+ * are cycled so that they cannot all sit in a 32 MiB L3: the cold number is
+ * what decode sees; the hot one repeats a single weight. */
+static void bench_matvec(void) {
+    enum { N_W = 4, ITERS = 24 };
+    pio_tensor *w[N_W], *x = R(PIO_F32, 1, 4096), *y = T(PIO_F32, 1, 4096);
+    for (int i = 0; i < N_W; i++) w[i] = R(PIO_BF16, 4096, 4096);
+    const double bytes = 4096.0 * 4096.0 * 2.0;
+
+    /* A plain read of the same 128 MiB, one thread, for scale (first call only). */
+    static bool read_done;
+    if (!read_done) {
+        double t0 = now();
+        uint64_t acc = 0;
+        for (int rep = 0; rep < 2; rep++)
+            for (int i = 0; i < N_W; i++) {
+                const uint64_t *p = pio_tensor_data(w[i]);
+                for (size_t j = 0; j < (size_t)bytes / 8; j++) acc += p[j];
+            }
+        printf("memory read loop, 1 thread: %.1f GB/s (checksum %llx)\n",
+               2 * N_W * bytes / (now() - t0) / 1e9, (unsigned long long)(acc & 0xff));
+        read_done = true;
+    }
+
+    for (int p = 0; p < 2; p++) {
+        pio_error err = {0};
+        pio_cpu_matmul(pools[p], x, w[0], y, &err); /* warm up threads and pages */
+        double t = now();
+        for (int i = 0; i < ITERS; i++) pio_cpu_matmul(pools[p], x, w[i % N_W], y, &err);
+        double cold = ITERS * bytes / (now() - t) / 1e9;
+        t = now();
+        for (int i = 0; i < ITERS; i++) pio_cpu_matmul(pools[p], x, w[0], y, &err);
+        double hot = ITERS * bytes / (now() - t) / 1e9;
+        printf("matvec bf16 [4096 x 4096], %d thread%s, %s: %.1f GB/s (%.2f ms), same weight: %.1f "
+               "GB/s\n",
+               p + 1, p ? "s" : "", pio_cpu_level_name(pio_cpu_level_get()), cold,
+               bytes / cold / 1e6, hot);
+    }
+    for (int i = 0; i < N_W; i++) pio_tensor_free(w[i]);
+    pio_tensor_free(x);
+    pio_tensor_free(y);
+}
+
+int main(void) {
+    pio_error err = {0};
+    pools[0] = pio_threadpool_new(1, &err);
+    pools[1] = pio_threadpool_new(2, &err);
+    if (!pools[0] || !pools[1]) {
+        fprintf(stderr, "thread pool: %s\n", err.msg);
+        return 2;
+    }
+    printf("cpu dispatch level: %s\n", pio_cpu_level_name(pio_cpu_level_get()));
+
+    test_matmul_dispatch();
+    test_matmul_rejects();
+    test_rmsnorm();
+    test_rope();
+    test_softmax();
+    test_silu_mul();
+    test_binary();
+    test_round_bf16();
+    test_embedding();
+    test_kv_write();
+    test_attention();
+    CHECK_MSG(pio_debug_live_tensors() == 0, "%lld tensors leaked",
+              (long long)pio_debug_live_tensors());
+
+    const char *no_bench = getenv("PIO_TEST_NO_BENCH");
+    if (!(no_bench && *no_bench && strcmp(no_bench, "0") != 0)) {
+        bench_matvec();
+        if (pio_cpu_level_get() == PIO_CPU_AVX512) { /* and the baseline, for comparison */
+            setenv("PIO_CPU", "avx2", 1);
+            pio_cpu_features_reinit();
+            bench_matvec();
+            unsetenv("PIO_CPU");
+            pio_cpu_features_reinit();
+        }
+    }
+
+    pio_threadpool_free(pools[0]);
+    pio_threadpool_free(pools[1]);
+    TEST_MAIN_END();
+}
