@@ -83,7 +83,12 @@ pio_generation *pio_generation_new(pio_model *m, const int32_t *prompt, size_t n
         for (size_t i = 0; i < opts.n_stop; i++)
             if (!(g->stop[i] = strdup(opts.stop[i]))) goto oom;
     }
-    g->sampler = pio_sampler_new(&opts.sampling, m->hp.n_vocab, err);
+    /* Embedding rows past the tokenizer's vocabulary are padding (Qwen3: 151669..151935):
+     * never sample them, since they have no text. */
+    int32_t n_sample = m->hp.n_vocab;
+    if (m->tokenizer && pio_tokenizer_n_vocab(m->tokenizer) < n_sample)
+        n_sample = pio_tokenizer_n_vocab(m->tokenizer);
+    g->sampler = pio_sampler_new(&opts.sampling, n_sample, err);
     if (!g->sampler) goto fail;
     for (size_t i = 0; i < n_prompt; i++) pio_sampler_accept(g->sampler, prompt[i]);
     if (m->tokenizer && !(g->detok = pio_detok_new(m->tokenizer, true, err))) goto fail;

@@ -38,11 +38,13 @@ static void synth_chunk(void *ctx, int task, int thread) {
     int64_t begin = (int64_t)task * SYNTH_CHUNK;
     int64_t end = begin + SYNTH_CHUNK < job->n ? begin + SYNTH_CHUNK : job->n;
     for (int64_t i = begin; i < end; i += 2) {
-        /* Box–Muller: two normals from two uniforms in (0, 1]. */
-        double u1 = ((splitmix64(&state) >> 11) + 1.0) * 0x1.0p-53;
-        double u2 = (splitmix64(&state) >> 11) * 0x1.0p-53;
-        double r = sqrt(-2.0 * log(u1)) * job->std;
-        float v[2] = {(float)(r * cos(2 * M_PI * u2)), (float)(r * sin(2 * M_PI * u2))};
+        /* Box–Muller in f32 (the double version made loading a 4B model take a minute):
+         * two normals from two uniforms, u1 in (0, 1]. */
+        uint64_t r = splitmix64(&state);
+        float u1 = ((float)(r >> 40) + 1.0f) * 0x1.0p-24f;
+        float u2 = (float)((r >> 16) & 0xffffff) * 0x1.0p-24f;
+        float radius = sqrtf(-2.0f * logf(u1)) * job->std;
+        float v[2] = {radius * cosf(6.2831853f * u2), radius * sinf(6.2831853f * u2)};
         for (int j = 0; j < 2 && i + j < end; j++) {
             if (job->dtype == PIO_F32) ((float *)job->data)[i + j] = v[j];
             else ((uint16_t *)job->data)[i + j] = pio_f32_to_bf16(v[j]);

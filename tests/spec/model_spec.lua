@@ -257,6 +257,14 @@ describe("pio.Model", function()
     assert.equal("stop", stats.stop_reason)
   end)
 
+  it("never samples the padding rows past the tokenizer's vocabulary", function()
+    local n_tok = m.tokenizer:n_vocab()
+    assert.is_true(m:info().n_vocab > n_tok)
+    local _, stats = m:generate("x", { max_new_tokens = 64, temperature = 50, seed = 1, ignore_eos = true })
+    assert.equal(64, #stats.tokens)
+    for _, id in ipairs(stats.tokens) do assert.is_true(id < n_tok) end
+  end)
+
   it("rejects unknown generation options", function()
     assert.has_error(function() m:generate("Hi", { max_tokens = 3 }) end,
       "generate: unknown option 'max_tokens' (known: max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty, penalty_last_n, seed, stop, ignore_eos)")
