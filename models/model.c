@@ -100,22 +100,29 @@ static void read_stop_ids(const cJSON *obj, pio_hparams *hp) {
     }
 }
 
+static pio_dtype kv_dtype(const pio_model *m) {
+    return m->dtype == PIO_F32 ? PIO_F32 : PIO_BF16; /* as transformers' cache */
+}
+
+static size_t kv_cache_bytes(const pio_model *m) {
+    return 2 * (size_t)m->hp.n_layer * (size_t)m->max_seqs * (size_t)m->n_ctx *
+           (size_t)m->hp.n_head_kv * (size_t)m->hp.head_dim * pio_dtype_info(kv_dtype(m))->size;
+}
+
 static pio_status alloc_kv_cache(pio_model *m, pio_error *err) {
     const pio_hparams *hp = &m->hp;
-    pio_dtype kv_dtype = m->dtype == PIO_F32 ? PIO_F32 : PIO_BF16; /* as transformers' cache */
     int64_t shape[4] = {m->max_seqs, m->n_ctx, hp->n_head_kv, hp->head_dim};
     m->cache_k = calloc((size_t)hp->n_layer, sizeof *m->cache_k);
     m->cache_v = calloc((size_t)hp->n_layer, sizeof *m->cache_v);
     if (!m->cache_k || !m->cache_v) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
     for (int l = 0; l < hp->n_layer; l++) {
-        m->cache_k[l] = pio_tensor_new(kv_dtype, 4, shape, err);
-        m->cache_v[l] = m->cache_k[l] ? pio_tensor_new(kv_dtype, 4, shape, err) : NULL;
+        m->cache_k[l] = pio_tensor_new(kv_dtype(m), 4, shape, err);
+        m->cache_v[l] = m->cache_k[l] ? pio_tensor_new(kv_dtype(m), 4, shape, err) : NULL;
         if (!m->cache_v[l]) {
-            size_t per = (size_t)shape[0] * shape[1] * shape[2] * shape[3] *
-                         pio_dtype_info(kv_dtype)->size * 2 * (size_t)hp->n_layer;
             return pio_error_set(err, PIO_ERR_OOM,
                                  "out of memory for the KV cache: %zu MiB for %d sequence(s) of "
-                                 "%d positions (lower ctx)", per >> 20, m->max_seqs, m->n_ctx);
+                                 "%d positions (lower ctx)", kv_cache_bytes(m) >> 20, m->max_seqs,
+                                 m->n_ctx);
         }
         m->kv_bytes += 2 * pio_tensor_nbytes(m->cache_k[l]);
     }
@@ -179,22 +186,22 @@ void pio_model_default_sampling(const pio_model *m, pio_sampler_params *out) {
     *out = m->sampling;
 }
 
-pio_model *pio_model_load(const char *path, const pio_load_opts *opts_in, pio_error *err) {
-    pio_error local;
-    if (!err) err = &local;
-    pio_load_opts opts = opts_in ? *opts_in : pio_load_opts_default();
-    char dir[4096], config_path[4096];
-    if (resolve_paths(path, opts.synthetic, dir, config_path, sizeof dir, err) != PIO_OK)
-        return NULL;
-    if (opts.dtype != PIO_F32 && opts.dtype != PIO_BF16) {
+/* The part of loading that reads config.json alone: architecture, hyper-
+ * parameters, stop ids, sampling defaults, context and slots. dir gets the
+ * model directory. NULL and err on failure. */
+static pio_model *prepare(const char *path, const pio_load_opts *opts, char *dir, size_t len,
+                          pio_error *err) {
+    char config_path[4096];
+    if (resolve_paths(path, opts->synthetic, dir, config_path, len, err) != PIO_OK) return NULL;
+    if (opts->dtype != PIO_F32 && opts->dtype != PIO_BF16) {
         pio_error_set(err, PIO_ERR_INVALID, "model dtype must be f32 or bf16, got %s",
-                      pio_dtype_info(opts.dtype)->name);
+                      pio_dtype_info(opts->dtype)->name);
         return NULL;
     }
-    if (opts.device != PIO_DEVICE_CPU) {
+    if (opts->device != PIO_DEVICE_CPU) {
         pio_error_set(err, PIO_ERR_NOT_FOUND,
                       "device '%s' is not available: this pio was built without its backend",
-                      pio_device_name(opts.device));
+                      pio_device_name(opts->device));
         return NULL;
     }
 
@@ -206,9 +213,9 @@ pio_model *pio_model_load(const char *path, const pio_load_opts *opts_in, pio_er
         pio_error_set(err, PIO_ERR_OOM, "out of memory");
         return NULL;
     }
-    m->dtype = opts.dtype;
-    m->device = opts.device;
-    m->round_bf16 = opts.dtype == PIO_BF16;
+    m->dtype = opts->dtype;
+    m->device = opts->device;
+    m->round_bf16 = opts->dtype == PIO_BF16;
     m->arch = pick_arch(config, config_path, err);
     pio_status st = m->arch ? PIO_OK : err->status;
     if (st == PIO_OK) {
@@ -223,14 +230,100 @@ pio_model *pio_model_load(const char *path, const pio_load_opts *opts_in, pio_er
     if (st == PIO_OK) st = load_generation_config(m, dir);
 
     if (st == PIO_OK) {
-        m->max_seqs = opts.max_seqs > 0 ? opts.max_seqs : 1;
+        m->max_seqs = opts->max_seqs > 0 ? opts->max_seqs : 1;
         int32_t def_ctx = m->hp.n_ctx_train < 4096 ? m->hp.n_ctx_train : 4096;
-        m->n_ctx = opts.ctx > 0 ? opts.ctx : def_ctx;
+        m->n_ctx = opts->ctx > 0 ? opts->ctx : def_ctx;
         if (m->n_ctx > m->hp.n_ctx_train)
             st = pio_error_set(err, PIO_ERR_INVALID,
                                "ctx %d exceeds the model's max_position_embeddings %d", m->n_ctx,
                                m->hp.n_ctx_train);
     }
+    if (st != PIO_OK) {
+        pio_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+/* ---- footprint: what a prepared model will take -------------------------------- */
+
+/* The scratch of one prompt chunk: per token X, H, OUT [E]; Q, ATTN [H·D];
+ * K, V [Hkv·D]; GATE, UP [F]; plus one row of SEL [E] and LOGITS [V]. */
+static size_t activation_estimate(const pio_model *m) {
+    const pio_hparams *hp = &m->hp;
+    int64_t n = m->n_ctx < PIO_PROMPT_CHUNK ? m->n_ctx : PIO_PROMPT_CHUNK;
+    int64_t per_token = 3 * (int64_t)hp->n_embd + 2 * (int64_t)hp->n_head * hp->head_dim +
+                        2 * (int64_t)hp->n_head_kv * hp->head_dim + 2 * (int64_t)hp->n_ff;
+    return sizeof(float) * (size_t)(n * per_token + hp->n_embd + hp->n_vocab);
+}
+
+/* Runs the architecture's weight loader dry: headers with shapes, no bytes. */
+static pio_status footprint(pio_model *m, const char *dir, const pio_load_opts *opts,
+                            pio_model_footprint *fp, pio_error *err) {
+    pio_weight_source ws = {.dir = dir, .synthetic = opts->synthetic, .dtype = m->dtype,
+                            .dry_run = true};
+    pio_status st = m->arch->load_weights(m, &ws, err);
+    if (m->arch_state) m->arch->free_weights(m);
+    m->arch_state = NULL;
+    if (st) return st;
+    const pio_hparams *hp = &m->hp;
+    *fp = (pio_model_footprint){
+        .family = m->arch->family, .n_params = ws.params, .dtype = m->dtype,
+        .weight_bytes = ws.bytes, .kv_bytes = kv_cache_bytes(m),
+        .activation_bytes = activation_estimate(m), .n_vocab = hp->n_vocab, .n_ctx = m->n_ctx,
+        .n_ctx_train = hp->n_ctx_train, .n_layer = hp->n_layer, .n_embd = hp->n_embd,
+        .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
+        .max_seqs = m->max_seqs};
+    snprintf(fp->architecture, sizeof fp->architecture, "%s", hp->architecture);
+    fp->total_bytes = fp->weight_bytes + fp->kv_bytes + fp->activation_bytes;
+    return PIO_OK;
+}
+
+pio_status pio_model_estimate(const char *path, const pio_load_opts *opts_in,
+                              pio_model_footprint *out, pio_error *err) {
+    pio_load_opts opts = opts_in ? *opts_in : pio_load_opts_default();
+    char dir[4096];
+    pio_model *m = prepare(path, &opts, dir, sizeof dir, err);
+    if (!m) return err->status;
+    pio_status st = footprint(m, dir, &opts, out, err);
+    pio_model_free(m);
+    return st;
+}
+
+/* "1.50 GiB", "12.3 MiB", "512 KiB", "100 B" */
+static const char *human_bytes(size_t n, char *buf, size_t len) {
+    if (n >= (size_t)1 << 30) snprintf(buf, len, "%.2f GiB", (double)n / (1 << 30));
+    else if (n >= (size_t)1 << 20) snprintf(buf, len, "%.1f MiB", (double)n / (1 << 20));
+    else if (n >= 1024) snprintf(buf, len, "%.0f KiB", (double)n / 1024);
+    else snprintf(buf, len, "%zu B", n);
+    return buf;
+}
+
+/* Refuses, before anything is allocated, a model that does not fit max_bytes. */
+static pio_status check_budget(pio_model *m, const char *dir, const pio_load_opts *opts,
+                               pio_error *err) {
+    pio_model_footprint fp;
+    pio_status st = footprint(m, dir, opts, &fp, err);
+    if (st || fp.total_bytes <= opts->max_bytes) return st;
+    char total[32], w[32], kv[32], act[32], budget[32];
+    return pio_error_set(err, PIO_ERR_OOM,
+                         "%s does not fit: it needs %s (weights %s, KV cache %s, activations %s) "
+                         "but the memory budget is %s", fp.architecture,
+                         human_bytes(fp.total_bytes, total, sizeof total),
+                         human_bytes(fp.weight_bytes, w, sizeof w),
+                         human_bytes(fp.kv_bytes, kv, sizeof kv),
+                         human_bytes(fp.activation_bytes, act, sizeof act),
+                         human_bytes(opts->max_bytes, budget, sizeof budget));
+}
+
+pio_model *pio_model_load(const char *path, const pio_load_opts *opts_in, pio_error *err) {
+    pio_error local;
+    if (!err) err = &local;
+    pio_load_opts opts = opts_in ? *opts_in : pio_load_opts_default();
+    char dir[4096];
+    pio_model *m = prepare(path, &opts, dir, sizeof dir, err);
+    if (!m) return NULL;
+    pio_status st = opts.max_bytes ? check_budget(m, dir, &opts, err) : PIO_OK;
     if (st == PIO_OK) {
         m->pool = pio_threadpool_new(opts.threads, err);
         m->threads = pio_threadpool_size(m->pool);
@@ -244,7 +337,8 @@ pio_model *pio_model_load(const char *path, const pio_load_opts *opts_in, pio_er
     if (st == PIO_OK) {
         pio_weight_source ws = {.dir = dir, .st = m->st, .synthetic = opts.synthetic,
                                 .seed = opts.seed, .dtype = m->dtype, .pool = m->pool,
-                                .progress = opts.progress, .progress_ud = opts.progress_ud};
+                                .progress = opts.progress, .progress_ud = opts.progress_ud,
+                                .model = m};
         st = m->arch->load_weights(m, &ws, err);
         m->weight_bytes = ws.bytes;
         m->n_params = ws.params;
@@ -266,6 +360,8 @@ void pio_model_free(pio_model *m) {
     free(m->cache_k);
     free(m->cache_v);
     for (int i = 0; i < PIO_SLOT_COUNT; i++) pio_tensor_free(m->scratch.buf[i]);
+    for (size_t i = 0; i < m->n_weights; i++) free(m->weights[i].name);
+    free(m->weights);
     free(m->inv_freq);
     pio_tokenizer_free(m->tokenizer);
     pio_safetensors_close(m->st);
@@ -320,11 +416,19 @@ pio_status pio_model_forward(pio_model *m, const pio_batch *b, const pio_tensor 
     return st;
 }
 
+static size_t activation_bytes(const pio_model *m) {
+    size_t n = 0;
+    for (int i = 0; i < PIO_SLOT_COUNT; i++)
+        if (m->scratch.buf[i]) n += pio_tensor_nbytes(m->scratch.buf[i]);
+    return n;
+}
+
 void pio_model_get_info(const pio_model *m, pio_model_info *info) {
     *info = (pio_model_info){
         .architecture = m->hp.architecture, .family = m->arch->family,
         .n_params = m->n_params, .dtype = m->dtype, .device = m->device,
         .threads = m->threads, .weight_bytes = m->weight_bytes, .kv_bytes = m->kv_bytes,
+        .activation_bytes = activation_bytes(m),
         .n_vocab = m->hp.n_vocab, .n_ctx = m->n_ctx, .n_ctx_train = m->hp.n_ctx_train,
         .n_layer = m->hp.n_layer, .n_embd = m->hp.n_embd, .n_head = m->hp.n_head,
         .n_head_kv = m->hp.n_head_kv, .head_dim = m->hp.head_dim, .max_seqs = m->max_seqs};
@@ -335,4 +439,85 @@ const pio_tokenizer *pio_model_tokenizer(const pio_model *m) { return m->tokeniz
 const int32_t *pio_model_stop_ids(const pio_model *m, size_t *n) {
     *n = (size_t)m->hp.n_stop_ids;
     return m->hp.stop_ids;
+}
+
+/* ---- surgery --------------------------------------------------------------- */
+
+static int cmp_int32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+void pio_model_forget_weights(pio_model *m, pio_tensor *const *ts, size_t n) {
+    size_t kept = 0;
+    for (size_t i = 0; i < m->n_weights; i++) {
+        bool gone = false;
+        for (size_t j = 0; j < n && !gone; j++) gone = m->weights[i].t == ts[j];
+        if (gone) free(m->weights[i].name);
+        else m->weights[kept++] = m->weights[i];
+    }
+    m->n_weights = kept;
+}
+
+/* Drops the KV cache of the removed layers (sorted) and closes the gaps. */
+static void remove_kv_layers(pio_model *m, const int32_t *layers, size_t n) {
+    int32_t kept = 0;
+    for (int32_t l = 0, r = 0; l < m->hp.n_layer; l++) {
+        if ((size_t)r < n && layers[r] == l) {
+            m->kv_bytes -= pio_tensor_nbytes(m->cache_k[l]) + pio_tensor_nbytes(m->cache_v[l]);
+            pio_tensor_free(m->cache_k[l]);
+            pio_tensor_free(m->cache_v[l]);
+            r++;
+            continue;
+        }
+        m->cache_k[kept] = m->cache_k[l];
+        m->cache_v[kept] = m->cache_v[l];
+        kept++;
+    }
+    m->hp.n_layer = kept;
+}
+
+pio_status pio_model_surgery(pio_model *m, const pio_surgery *s, pio_surgery_report *rep,
+                             pio_error *err) {
+    *rep = (pio_surgery_report){.n_layer_before = m->hp.n_layer, .params_before = m->n_params,
+                                .weight_bytes_before = m->weight_bytes,
+                                .kv_bytes_before = m->kv_bytes};
+    if (!m->arch->remove_layers || !m->arch->fuse)
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "model surgery is not supported for %s yet",
+                             m->hp.architecture);
+    int32_t *layers = NULL;
+    if (s->n_remove) {
+        layers = malloc(s->n_remove * sizeof *layers);
+        if (!layers) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+        memcpy(layers, s->remove_layers, s->n_remove * sizeof *layers);
+        qsort(layers, s->n_remove, sizeof *layers, cmp_int32);
+        pio_status st = PIO_OK;
+        for (size_t i = 0; i < s->n_remove && st == PIO_OK; i++) {
+            if (layers[i] < 0 || layers[i] >= m->hp.n_layer)
+                st = pio_error_set(err, PIO_ERR_INVALID,
+                                   "layer %d is outside [0, %d) (layers are numbered as in the "
+                                   "checkpoint: model.layers.0 is the first)", layers[i],
+                                   m->hp.n_layer);
+            else if (i > 0 && layers[i] == layers[i - 1])
+                st = pio_error_set(err, PIO_ERR_INVALID, "layer %d is named twice", layers[i]);
+        }
+        if (st == PIO_OK && s->n_remove >= (size_t)m->hp.n_layer)
+            st = pio_error_set(err, PIO_ERR_INVALID,
+                               "removing all %d layers would leave no model", m->hp.n_layer);
+        if (st != PIO_OK) {
+            free(layers);
+            return st;
+        }
+        m->arch->remove_layers(m, layers, s->n_remove);
+        remove_kv_layers(m, layers, s->n_remove);
+        rep->removed_layers = (int32_t)s->n_remove;
+        free(layers);
+    }
+    pio_status st = PIO_OK;
+    if (s->fuse_qkv || s->fuse_gate_up) st = m->arch->fuse(m, s->fuse_qkv, s->fuse_gate_up, rep, err);
+    rep->n_layer_after = m->hp.n_layer;
+    rep->params_after = m->n_params;
+    rep->weight_bytes_after = m->weight_bytes;
+    rep->kv_bytes_after = m->kv_bytes;
+    return st;
 }

@@ -10,6 +10,9 @@
 #include "pio/sampler.h"
 #include "pio/threadpool.h"
 
+/* Per-layer flags in pio_hparams are fixed arrays of this size. */
+#define PIO_MAX_LAYERS 512
+
 /* Hyper-parameters every text decoder has; every value comes from config.json. */
 typedef struct pio_hparams {
     char architecture[64];
@@ -24,6 +27,12 @@ typedef struct pio_hparams {
     bool tied_embeddings;
     int32_t stop_ids[8];
     int n_stop_ids;
+    /* Mixture of experts (n_expert 0: dense). */
+    int32_t n_expert;        /* num_experts (v5 configs write num_local_experts) */
+    int32_t n_expert_used;   /* num_experts_per_tok */
+    int32_t n_ff_exp;        /* moe_intermediate_size */
+    bool expert_norm;        /* norm_topk_prob */
+    bool moe_layer[PIO_MAX_LAYERS]; /* layer l has a MoE block (else a dense MLP of n_ff) */
 } pio_hparams;
 
 /* Where weights come from: a checkpoint, or seeded random numbers. */
@@ -44,7 +53,15 @@ typedef struct pio_weight_source {
     size_t done, total;        /* progress, in tensors */
     pio_progress_fn progress;
     void *progress_ud;
+    struct pio_model *model;   /* where each loaded weight is listed by name (optional) */
+    bool dry_run;              /* estimate only: weights are headers with shapes and no bytes */
 } pio_weight_source;
+
+/* Fuses projections that read the same input: a new [Σ rows, cols] heap
+ * tensor holds the 2-D parts' rows one after another (same dtype and width),
+ * and each part is turned, in place, into a view of its rows of it (so
+ * pointers to the parts stay valid and their old bytes are released). */
+pio_tensor *pio_weights_fuse(pio_tensor *const *parts, int n, pio_error *err);
 
 /* Loads one weight with the expected shape (checked: a mismatch names the
  * tensor and both shapes). A file tensor in the wanted dtype is used in place
@@ -63,6 +80,15 @@ typedef struct pio_arch {
     pio_status (*forward)(pio_model *m, const pio_batch *batch, pio_tensor *logits,
                           pio_error *err);
     void (*free_weights)(pio_model *m);
+    /* Model surgery (pio_model_surgery); optional, NULL: unsupported for the
+     * architecture. remove_layers gets sorted, distinct, in-range layers and
+     * frees their weights, lowering m->weight_bytes and m->n_params (the loader
+     * then drops their KV cache and lowers n_layer). fuse fuses the layers not
+     * fused yet, counting them in rep->fused_qkv / rep->fused_gate_up and the
+     * fused matrices' bytes in rep->copied_bytes. */
+    void (*remove_layers)(pio_model *m, const int32_t *layers, size_t n);
+    pio_status (*fuse)(pio_model *m, bool qkv, bool gate_up, pio_surgery_report *rep,
+                       pio_error *err);
 } pio_arch;
 
 const pio_arch *pio_arch_find(const char *hf_name);
@@ -72,7 +98,10 @@ extern const pio_arch *const pio_arch_table[];
  * (grown, never shrunk, so steady-state decode allocates nothing). */
 enum pio_scratch_slot {
     PIO_SLOT_X, PIO_SLOT_H, PIO_SLOT_Q, PIO_SLOT_K, PIO_SLOT_V, PIO_SLOT_ATTN,
-    PIO_SLOT_OUT, PIO_SLOT_GATE, PIO_SLOT_UP, PIO_SLOT_SEL, PIO_SLOT_LOGITS, PIO_SLOT_COUNT
+    PIO_SLOT_OUT, PIO_SLOT_GATE, PIO_SLOT_UP, PIO_SLOT_SEL, PIO_SLOT_LOGITS,
+    PIO_SLOT_QKV, PIO_SLOT_GATE_UP, /* outputs of fused projections (model surgery) */
+    PIO_SLOT_ROUTER, PIO_SLOT_MOE_X, PIO_SLOT_MOE_Y, PIO_SLOT_MOE_IDX, /* pio_build_moe */
+    PIO_SLOT_COUNT
 };
 typedef struct pio_scratch_bufs {
     pio_tensor *buf[PIO_SLOT_COUNT];
@@ -97,7 +126,15 @@ struct pio_model {
     pio_tokenizer *tokenizer;
     pio_safetensors *st;        /* kept open: weights may map into it */
     void *arch_state;
+    /* Every weight by its checkpoint name, in load order (borrowed tensors,
+     * owned names), so that pio_model_save can write them back out. */
+    struct pio_named_weight { char *name; const pio_tensor *t; } *weights;
+    size_t n_weights, cap_weights;
 };
+
+/* Takes tensors about to be freed (model surgery) off the model's list of
+ * named weights. */
+void pio_model_forget_weights(pio_model *m, pio_tensor *const *ts, size_t n);
 
 /* A borrowed [n, width] f32 view of a scratch slot, growing the slot when
  * needed. The view is a plain struct: nothing to free. */

@@ -2,6 +2,7 @@
  * the dtype already matches) or synthesized from a seed. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "model_internal.h"
@@ -108,11 +109,79 @@ static pio_tensor *from_checkpoint(pio_weight_source *ws, const char *name, int 
     return conv;
 }
 
+/* ---- dry runs (pio_model_estimate) and surgery ---------------------------- */
+
+/* A header with the weight's shape over no bytes: what an estimate counts.
+ * Loaders may read its shape; nothing reads its data. */
+static pio_tensor *dry_header(pio_weight_source *ws, int ndim, const int64_t *shape,
+                              pio_weight_kind kind, pio_error *err) {
+    int64_t none = 0;
+    pio_tensor *t = pio_tensor_new(kind == PIO_WEIGHT_NORM ? PIO_F32 : ws->dtype, 1, &none, err);
+    if (!t) return NULL;
+    t->ndim = ndim;
+    int64_t stride = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
+        t->shape[i] = shape[i];
+        t->stride[i] = stride;
+        stride *= shape[i];
+    }
+    return t;
+}
+
+pio_tensor *pio_weights_fuse(pio_tensor *const *parts, int n, pio_error *err) {
+    int64_t rows = 0, cols = parts[0]->shape[1];
+    for (int i = 0; i < n; i++) {
+        if (parts[i]->ndim != 2 || parts[i]->shape[1] != cols ||
+            parts[i]->dtype != parts[0]->dtype || !pio_tensor_is_contiguous(parts[i])) {
+            pio_error_set(err, PIO_ERR_INVALID, "only contiguous 2-D weights of one dtype and "
+                          "width can be fused");
+            return NULL;
+        }
+        rows += parts[i]->shape[0];
+    }
+    int64_t shape[2] = {rows, cols};
+    pio_tensor *fused = pio_tensor_new(parts[0]->dtype, 2, shape, err);
+    if (!fused) return NULL;
+    char *dst = pio_tensor_data(fused);
+    for (int i = 0; i < n; i++) {
+        memcpy(dst, pio_tensor_data(parts[i]), pio_tensor_nbytes(parts[i]));
+        dst += pio_tensor_nbytes(parts[i]);
+    }
+    /* Each part becomes a view of its rows of the fused matrix, in place, so
+     * that every pointer to it stays valid and its own bytes are released. */
+    for (int i = 0, row = 0; i < n; i++) {
+        int64_t len = parts[i]->shape[0];
+        pio_tensor *view = pio_tensor_narrow(fused, 0, row, len, err);
+        if (!view) { /* cannot happen for rows inside the matrix; leave the parts as they are */
+            pio_tensor_free(fused);
+            return NULL;
+        }
+        row += (int)len;
+        pio_storage *old = parts[i]->storage;
+        *parts[i] = *view;
+        pio_storage_retain(parts[i]->storage);
+        pio_tensor_free(view);
+        pio_storage_release(old);
+    }
+    return fused;
+}
+
 pio_tensor *pio_weights_load(pio_weight_source *ws, const char *name, int ndim,
                              const int64_t *shape, pio_weight_kind kind, pio_error *err) {
-    pio_tensor *t = ws->synthetic ? synthesize(ws, name, ndim, shape, kind, err)
-                                  : from_checkpoint(ws, name, ndim, shape, kind, err);
+    pio_tensor *t = ws->dry_run     ? dry_header(ws, ndim, shape, kind, err)
+                    : ws->synthetic ? synthesize(ws, name, ndim, shape, kind, err)
+                                    : from_checkpoint(ws, name, ndim, shape, kind, err);
     if (!t) return NULL;
+    pio_model *m = ws->model;
+    if (m && m->n_weights == m->cap_weights) { /* list it for pio_model_save */
+        size_t cap = m->cap_weights ? 2 * m->cap_weights : 64;
+        void *grown = realloc(m->weights, cap * sizeof *m->weights);
+        if (grown) m->weights = grown, m->cap_weights = cap;
+    }
+    if (m && m->n_weights < m->cap_weights) {
+        char *copy = strdup(name);
+        if (copy) m->weights[m->n_weights++] = (struct pio_named_weight){copy, t};
+    }
     ws->bytes += pio_tensor_nbytes(t);
     ws->params += pio_tensor_numel(t);
     ws->done++;

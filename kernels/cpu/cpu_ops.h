@@ -76,4 +76,73 @@ pio_status pio_cpu_attention(pio_threadpool *pool, const pio_tensor *q, const pi
                              const pio_tensor *cache_v, const int32_t *seq, const int32_t *pos,
                              float scale, pio_tensor *out, bool round_bf16, pio_error *err);
 
+/* Memory read bandwidth in bytes/s: the pool's threads each stream their
+ * share of a fresh `bytes`-byte buffer (much larger than the caches), best of
+ * `reps` passes. It sets the decode roofline (weight bytes per token ÷ this).
+ * 0 with PIO_ERR_OOM when the buffer cannot be had. */
+double pio_cpu_read_bandwidth(pio_threadpool *pool, size_t bytes, int reps, pio_error *err);
+
+/* ---- mixture of experts (moe.c) ----------------------------------------------
+ * A MoE block runs as: route (pick top_k experts and their weights per token),
+ * sort (group the token-choice pairs by expert), gather (copy each pair's input
+ * row into its expert's group), the experts' matmuls on their contiguous groups
+ * (so each expert's weights are read once per batch, and unselected experts not
+ * at all), then combine (the weighted sum back into token order). */
+
+typedef enum pio_moe_scoring {
+    PIO_MOE_SOFTMAX, /* softmax in f32 over all experts (Qwen2/3-MoE) */
+    PIO_MOE_SIGMOID, /* sigmoid per expert (DeepSeek-V3, GLM-4.x MoE) */
+} pio_moe_scoring;
+
+typedef struct pio_moe_route_params {
+    pio_moe_scoring scoring;
+    int32_t top_k;
+    const float *bias;   /* [n_expert] added to the scores for the choice only
+                          * (e_score_correction_bias); weights use the plain scores. NULL: none */
+    int32_t n_group;     /* group-limited choice: experts split into n_group equal groups, */
+    int32_t topk_group;  /* only the topk_group groups whose two best scores sum highest
+                          * compete. n_group <= 1: no groups */
+    bool norm;           /* w /= (sum of the top_k w) + norm_eps   (norm_topk_prob) */
+    float norm_eps;
+    float scale;         /* then w *= scale (routed_scaling_factor); 1 for none */
+    bool round_bf16;     /* finally w rounded to bf16 (Qwen casts them to the logits' dtype) */
+} pio_moe_route_params;
+
+/* Per token t, the top_k experts by score, best first (exact ties: lower expert id
+ * first; torch.topk leaves that order unspecified), and their weights:
+ *   logits [n, n_expert] f32 → ids [n * top_k], weights [n * top_k] (caller-owned).
+ * Softmax and sigmoid are computed in f32. */
+pio_status pio_cpu_moe_route(const pio_tensor *logits, const pio_moe_route_params *p,
+                             int32_t *ids, float *weights, pio_error *err);
+
+/* Groups the n_pairs = n * top_k (token, choice) pairs by expert, a stable counting
+ * sort: pair i = t * top_k + j has expert ids[i] in [0, n_expert) (else PIO_ERR_RANGE).
+ *   offsets [n_expert + 1]: the pairs of expert e are rows offsets[e] .. offsets[e+1]-1
+ *   pair_of_row [n_pairs]: which pair a row holds (tokens ascending within an expert)
+ *   row_of_pair [n_pairs]: the inverse. All caller-owned. */
+pio_status pio_cpu_moe_sort(const int32_t *ids, int64_t n_pairs, int32_t n_expert,
+                            int32_t *offsets, int32_t *pair_of_row, int32_t *row_of_pair,
+                            pio_error *err);
+
+/* out[r, :] = x[pair_of_row[r] / top_k, :]   x [n, d], out [rows, d] f32, rows <= n * top_k. */
+pio_status pio_cpu_moe_gather(const pio_tensor *x, const int32_t *pair_of_row, int32_t top_k,
+                              pio_tensor *out, pio_error *err);
+
+/* How the top_k weighted expert outputs of a token are summed; in bf16 mode each
+ * weighted output w·y is first rounded to bf16 in both (as torch's bf16 product). */
+typedef enum pio_moe_accum {
+    PIO_MOE_ACCUM_EXPERT_ORDER, /* transformers' eager experts: added in ascending expert id
+                                 * into a zero buffer, rounded to bf16 after every add */
+    PIO_MOE_ACCUM_F32,          /* grouped_mm / batched_mm: summed in f32 in router order,
+                                 * rounded once */
+} pio_moe_accum;
+
+/* out[t, :] = sum over j of weights[t*k + j] · y[row_of_pair[t*k + j], :]   (k = top_k)
+ *   y [n * top_k, d] expert outputs in sorted rows, out [n, d] f32; ids [n * top_k] order
+ *   the terms for PIO_MOE_ACCUM_EXPERT_ORDER. */
+pio_status pio_cpu_moe_combine(pio_threadpool *pool, const pio_tensor *y,
+                               const int32_t *row_of_pair, const int32_t *ids,
+                               const float *weights, int32_t top_k, pio_moe_accum accum,
+                               bool round_bf16, pio_tensor *out, pio_error *err);
+
 #endif

@@ -199,6 +199,21 @@ Statistics go to stderr: [N tokens, R tok/s, prompt P tokens in S s].
   run = run_generate,
 }
 
+-- ---- bench ---------------------------------------------------------------------------
+
+M.commands.bench = {
+  synopsis = "bench SUITE.lua [--json FILE] [--reps N]",
+  summary = "run a benchmark suite (llama-bench style rows: pp512, tg128, ...)",
+  help = [[
+  --json FILE          write every row, the machine and the git revision as JSON
+  -r, --reps N         repetitions per test after a warm-up (default: the suite's, else 5)
+  -h, --help           print this help
+A suite is a Lua script returning { models = {...}, tests = {...} }; see bench/*.lua.
+Forward passes alone are timed: no tokenizing, no sampling.
+]],
+  run = function(args, name) return require("pio.bench").main(args, name, M) end,
+}
+
 -- ---- entry points ------------------------------------------------------------------------
 
 local function sorted_names()

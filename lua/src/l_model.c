@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "lpio.h"
+#include "pio/bench.h"
 #include "pio/generate.h"
 #include "pio/model.h"
 
@@ -160,6 +161,56 @@ static int m_logits(lua_State *L) {
     pio_tensor *copy = pio_tensor_contiguous(logits, &err);
     if (!copy) return pio_lua_fail(L, &err);
     pio_lua_push_tensor(L, copy);
+    return 1;
+}
+
+/* ---- benchmarks (pio/bench.h) --------------------------------------------- */
+
+/* model:bench_forward(n_tokens [, n_past [, n_batch]]) → seconds of forward
+ * passes over made-up tokens of slot 0 (logits for the last one only). */
+static int m_bench_forward(lua_State *L) {
+    pio_model *m = check_model(L, 1);
+    lua_Integer n = luaL_checkinteger(L, 2), past = luaL_optinteger(L, 3, 0);
+    lua_Integer batch = luaL_optinteger(L, 4, 0);
+    luaL_argcheck(L, n > 0 && n <= INT32_MAX, 2, "must be a positive token count");
+    luaL_argcheck(L, past >= 0 && past <= INT32_MAX, 3, "must be >= 0");
+    luaL_argcheck(L, batch >= 0 && batch <= INT32_MAX, 4, "must be >= 0");
+    double seconds;
+    pio_error err;
+    if (pio_model_bench_forward(m, (int32_t)n, (int32_t)past, (int32_t)batch, &seconds, &err))
+        return pio_lua_raise(L, &err);
+    lua_pushnumber(L, seconds);
+    return 1;
+}
+
+/* model:decode_bytes() → weight bytes one decode step reads. */
+static int m_decode_bytes(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)pio_model_decode_bytes(check_model(L, 1)));
+    return 1;
+}
+
+/* model:save(path) → true, or nil, message: every weight into one safetensors file. */
+static int m_save(lua_State *L) {
+    pio_model *m = check_model(L, 1);
+    const char *path = luaL_checkstring(L, 2);
+    pio_error err;
+    if (pio_model_save(m, path, &err)) return pio_lua_fail(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* pio.read_bandwidth{threads=, mib=, reps=} → bytes per second. */
+static int l_read_bandwidth(lua_State *L) {
+    static const char *const known[] = {"threads", "mib", "reps", NULL};
+    check_keys(L, 1, "pio.read_bandwidth", known);
+    lua_Integer threads = opt_int(L, 1, "threads", 0), mib = opt_int(L, 1, "mib", 1024);
+    lua_Integer reps = opt_int(L, 1, "reps", 3);
+    if (threads < 0 || mib < 1 || reps < 1)
+        return luaL_error(L, "pio.read_bandwidth: threads >= 0, mib >= 1 and reps >= 1");
+    pio_error err;
+    double bw = pio_read_bandwidth((int)threads, (size_t)mib << 20, (int)reps, &err);
+    if (bw <= 0) return pio_lua_fail(L, &err);
+    lua_pushnumber(L, bw);
     return 1;
 }
 
@@ -355,6 +406,7 @@ static int g_free(lua_State *L) {
 void pio_lua_open_model(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"logits", m_logits}, {"info", m_info}, {"start", m_start}, {"free", m_free},
+        {"bench_forward", m_bench_forward}, {"decode_bytes", m_decode_bytes}, {"save", m_save},
         {NULL, NULL},
     };
     static const luaL_Reg meta[] = {
@@ -383,4 +435,6 @@ void pio_lua_open_model(lua_State *L) {
 
     lua_pushcfunction(L, l_load);
     lua_setfield(L, -2, "load");
+    lua_pushcfunction(L, l_read_bandwidth);
+    lua_setfield(L, -2, "read_bandwidth");
 }

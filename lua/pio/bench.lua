@@ -1,0 +1,492 @@
+-- lua/pio/bench.lua: `pio bench SUITE.lua [--json FILE] [--reps N]`.
+--
+-- A suite is a Lua script that returns a table:
+--
+--   return {
+--     threads = 2,                                  -- default for every model
+--     reps = 5,                                     -- repetitions after a warm-up
+--     models = {
+--       { name = "qwen3-0.6b", path = "bench/models/qwen3-0.6b/config.json",
+--         synthetic = true, seed = 1, dtype = "bf16" },          -- dtype may be a list
+--     },
+--     tests = { "pp512", "tg128", "pp512+tg128", "tg128@d2048" },
+--     roofline = true,        -- measure read bandwidth, print decode rows as its fraction
+--     peers = { require_file("bench/llama_cpp.lua") }, -- optional comparisons
+--   }
+--
+-- Tests read as llama-bench's: ppN processes an N-token prompt in one batch,
+-- tgN decodes N tokens one at a time, ppN+tgM does both, and "@dD" first fills
+-- the KV cache with D tokens (not timed). t/s is tokens ÷ seconds of forward
+-- passes, mean ± sd over the repetitions; token ids are made up and nothing
+-- is tokenized or sampled, as in llama-bench.
+--
+-- A peer is a table { name =, prepare = fn(ctx) -> handle | nil, why,
+-- run = fn(handle, ctx) -> { [test] = { mean =, sd =, samples = } } | nil, why,
+-- describe = fn() -> text }. prepare runs while the pio model is loaded (to
+-- export its weights); run after it is freed.
+local M = {}
+
+local function say(fmt, ...)
+  io.stderr:write(string.format(fmt, ...), "\n")
+end
+
+-- ---- tests ------------------------------------------------------------------------
+
+-- "pp512", "tg128", "pp512+tg128", "tg128@d2048" (spaces allowed) → spec, or nil, why.
+function M.parse_test(text)
+  local s = text:gsub("%s", "")
+  local body, depth = s:match("^(.-)@d(%d+)$")
+  if not body then body, depth = s, "0" end
+  local spec = { n_prompt = 0, n_gen = 0, depth = tonumber(depth) }
+  for part in (body .. "+"):gmatch("([^+]*)%+") do
+    local kind, n = part:match("^(%a%a)(%d+)$")
+    n = tonumber(n)
+    if kind == "pp" and n and n > 0 and spec.n_prompt == 0 then
+      spec.n_prompt = n
+    elseif kind == "tg" and n and n > 0 and spec.n_gen == 0 then
+      spec.n_gen = n
+    else
+      return nil, string.format("bad test '%s' (expected ppN, tgN, ppN+tgM, optionally @dD)", text)
+    end
+  end
+  local name = {}
+  if spec.n_prompt > 0 then name[#name + 1] = "pp" .. spec.n_prompt end
+  if spec.n_gen > 0 then name[#name + 1] = "tg" .. spec.n_gen end
+  spec.name = table.concat(name, "+") .. (spec.depth > 0 and (" @ d" .. spec.depth) or "")
+  spec.decode = spec.n_prompt == 0
+  return spec
+end
+
+local function stats(samples)
+  local n, sum = #samples, 0
+  for _, v in ipairs(samples) do sum = sum + v end
+  local mean = sum / n
+  local var = 0
+  for _, v in ipairs(samples) do var = var + (v - mean) ^ 2 end
+  return mean, n > 1 and math.sqrt(var / (n - 1)) or 0
+end
+M.stats = stats
+
+-- One repetition of a test on a pio model: seconds of forward passes.
+local function run_once(model, spec, n_prompt_batch)
+  local seconds, past = 0, spec.depth
+  if spec.n_prompt > 0 then
+    seconds = seconds + model:bench_forward(spec.n_prompt, past, n_prompt_batch)
+    past = past + spec.n_prompt
+  end
+  for i = 0, spec.n_gen - 1 do
+    seconds = seconds + model:bench_forward(1, past + i)
+  end
+  return seconds
+end
+
+-- Runs spec `reps` times after a warm-up; returns { mean, sd, samples } in t/s.
+function M.measure(model, spec, reps, opts)
+  opts = opts or {}
+  if spec.depth > 0 then model:bench_forward(spec.depth, 0, opts.n_batch or 512) end
+  -- Warm-up as llama-bench: the prompt once, one generated token.
+  if spec.n_prompt > 0 then model:bench_forward(spec.n_prompt, spec.depth, opts.n_batch) end
+  if spec.n_gen > 0 then model:bench_forward(1, spec.depth) end
+  local samples = {}
+  for r = 1, reps do
+    local s = run_once(model, spec, opts.n_batch)
+    samples[r] = (spec.n_prompt + spec.n_gen) / s
+  end
+  local mean, sd = stats(samples)
+  return { mean = mean, sd = sd, samples = samples }
+end
+
+-- ---- the machine ----------------------------------------------------------------------
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function shell(cmd)
+  local p = io.popen(cmd .. " 2>/dev/null")
+  if not p then return nil end
+  local s = p:read("a")
+  p:close()
+  s = s and s:gsub("%s+$", "")
+  return s ~= "" and s or nil
+end
+
+function M.machine()
+  local cpuinfo = read_file("/proc/cpuinfo") or ""
+  local meminfo = read_file("/proc/meminfo") or ""
+  local cpus = 0
+  for _ in cpuinfo:gmatch("\nprocessor%s*:") do cpus = cpus + 1 end
+  if cpuinfo:match("^processor%s*:") then cpus = cpus + 1 end
+  local flags = cpuinfo:match("\nflags%s*:%s*([^\n]*)") or ""
+  local simd = {}
+  for _, f in ipairs { "avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16" } do
+    if (" " .. flags .. " "):find(" " .. f .. " ", 1, true) then simd[#simd + 1] = f end
+  end
+  local load = (read_file("/proc/loadavg") or ""):match("^(%S+ %S+ %S+)")
+  return {
+    cpu = cpuinfo:match("model name%s*:%s*([^\n]*)") or "unknown",
+    cpus = cpus,
+    memory_bytes = (tonumber(meminfo:match("MemTotal:%s*(%d+)")) or 0) * 1024,
+    simd = table.concat(simd, " "),
+    kernel = shell("uname -sr"),
+    load_average = load,
+  }
+end
+
+function M.git_revision()
+  return shell("git describe --always --dirty --abbrev=12")
+end
+
+-- The process's peak resident memory so far, in bytes (Linux VmHWM).
+function M.peak_rss()
+  local s = read_file("/proc/self/status") or ""
+  local kb = tonumber(s:match("VmHWM:%s*(%d+)"))
+  return kb and kb * 1024 or nil
+end
+
+-- ---- JSON -----------------------------------------------------------------------------
+
+local function json_encode(v, out)
+  local t = type(v)
+  if t == "table" then
+    if #v > 0 or next(v) == nil and getmetatable(v) == M.array then
+      out[#out + 1] = "["
+      for i, x in ipairs(v) do
+        if i > 1 then out[#out + 1] = "," end
+        json_encode(x, out)
+      end
+      out[#out + 1] = "]"
+    else
+      local keys = {}
+      for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+      table.sort(keys)
+      out[#out + 1] = "{"
+      for i, k in ipairs(keys) do
+        if i > 1 then out[#out + 1] = "," end
+        json_encode(k, out)
+        out[#out + 1] = ":"
+        json_encode(v[k], out)
+      end
+      out[#out + 1] = "}"
+    end
+  elseif t == "string" then
+    out[#out + 1] = '"' .. v:gsub('[%c"\\]', function(c)
+      local named = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\t"] = "\\t" }
+      return named[c] or string.format("\\u%04x", c:byte())
+    end) .. '"'
+  elseif t == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then
+      out[#out + 1] = "null"
+    elseif math.type(v) == "integer" then
+      out[#out + 1] = tostring(v)
+    else
+      out[#out + 1] = string.format("%.6g", v)
+    end
+  elseif t == "boolean" then
+    out[#out + 1] = tostring(v)
+  else
+    out[#out + 1] = "null"
+  end
+end
+
+M.array = {} -- metatable marking an empty table as [] rather than {}
+
+function M.json(v)
+  local out = {}
+  json_encode(v, out)
+  return table.concat(out)
+end
+
+-- ---- the suite ----------------------------------------------------------------------------
+
+-- Loads SUITE.lua; its chunk gets `require_file(path)` (dofile relative to the
+-- suite's folder) and the arguments after `--`.
+function M.load_suite(path)
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  local env = setmetatable({}, { __index = _G })
+  env.require_file = function(p)
+    local full = p:sub(1, 1) == "/" and p or (dir .. "/" .. p)
+    local f = io.open(full, "r")
+    if not f then full = p end -- also relative to the working directory
+    if f then f:close() end
+    local chunk, err = loadfile(full, "t", env)
+    if not chunk then error(err, 2) end
+    return chunk()
+  end
+  local chunk, err = loadfile(path, "t", env)
+  if not chunk then return nil, err end
+  local ok, suite = pcall(chunk)
+  if not ok then return nil, tostring(suite) end
+  if type(suite) ~= "table" then return nil, path .. " must return a table (the suite)" end
+  if type(suite.models) ~= "table" or #suite.models == 0 then
+    return nil, path .. ": the suite declares no models"
+  end
+  suite.tests = suite.tests or { "pp512", "tg128", "pp512+tg128", "tg128@d2048" }
+  local specs = {}
+  for i, t in ipairs(suite.tests) do
+    local spec, why = M.parse_test(t)
+    if not spec then return nil, path .. ": " .. why end
+    specs[i] = spec
+  end
+  suite.specs = specs
+  return suite
+end
+
+-- Every (model, dtype) pair the suite declares, in order.
+local function expand_models(suite)
+  local out = {}
+  for _, m in ipairs(suite.models) do
+    local dtypes = type(m.dtype) == "table" and m.dtype or { m.dtype or "bf16" }
+    for _, dt in ipairs(dtypes) do
+      local copy = {}
+      for k, v in pairs(m) do copy[k] = v end
+      copy.dtype = dt
+      copy.name = m.name or m.path
+      copy.threads = m.threads or suite.threads
+      out[#out + 1] = copy
+    end
+  end
+  return out
+end
+
+local function gib(bytes) return string.format("%.2f GiB", bytes / 2 ^ 30) end
+
+local function fmt_tps(r)
+  if not r then return "-" end
+  return string.format("%.2f ± %.2f", r.mean, r.sd)
+end
+
+-- Prints a markdown table: header list, rows of cells, right-aligned numbers.
+local function print_table(out, header, rows)
+  local width = {}
+  for i, h in ipairs(header) do width[i] = #h end
+  local function len(s) return utf8.len(s) or #s end
+  for _, r in ipairs(rows) do
+    for i, c in ipairs(r) do width[i] = math.max(width[i], len(c)) end
+  end
+  local function line(cells)
+    local parts = {}
+    for i, c in ipairs(cells) do
+      local pad = string.rep(" ", width[i] - len(c))
+      parts[i] = (i <= 2 and c .. pad) or (pad .. c)
+    end
+    out:write("| ", table.concat(parts, " | "), " |\n")
+  end
+  line(header)
+  local dashes = {}
+  for i = 1, #header do
+    dashes[i] = i <= 2 and string.rep("-", width[i]) or (string.rep("-", width[i] - 1) .. ":")
+  end
+  out:write("| ", table.concat(dashes, " | "), " |\n")
+  for _, r in ipairs(rows) do line(r) end
+  out:flush()
+end
+
+-- The bytes a decode step at depth d reads: weights, plus the KV cache rows it attends to.
+local function decode_bytes(info, weight_bytes, depth)
+  local kv_elem = info.dtype == "f32" and 4 or 2
+  return weight_bytes + 2 * info.n_layer * depth * info.n_head_kv * info.head_dim * kv_elem
+end
+
+-- Runs a parsed suite. opts: reps, json (path), out (file handle), log (fn).
+function M.run(suite, opts)
+  local pio = require "pio"
+  opts = opts or {}
+  local out = opts.out or io.stdout
+  local log = opts.log or function(...) say(...) end
+  local reps = opts.reps or suite.reps or 5
+  local result = {
+    suite = suite.name or opts.suite_path,
+    revision = M.git_revision(),
+    machine = M.machine(),
+    reps = reps,
+    rows = setmetatable({}, M.array),
+    models = setmetatable({}, M.array),
+    comparisons = setmetatable({}, M.array),
+    peers = setmetatable({}, M.array),
+  }
+  result.machine.threads = suite.threads
+  local bandwidth
+  if suite.roofline then
+    local ok, bw = pcall(pio.read_bandwidth, { threads = suite.threads or 0, mib = 1024 })
+    bandwidth = ok and bw or nil
+    result.machine.read_bandwidth_bytes_per_s = bandwidth
+    if bandwidth then
+      log("memory read bandwidth (%s threads): %.1f GB/s", tostring(suite.threads or "all"),
+          bandwidth / 1e9)
+    else
+      log("memory read bandwidth: not measured (%s)", tostring(bw))
+    end
+  end
+  for _, p in ipairs(suite.peers or {}) do
+    result.peers[#result.peers + 1] = { name = p.name, build = p.describe and p.describe() or nil }
+  end
+
+  local header = { "model", "size", "params", "backend", "threads", "test", "t/s" }
+  local rows = {}
+  local compare_rows = {}
+  for _, m in ipairs(expand_models(suite)) do
+    log("loading %s (%s, %s threads)", m.name, m.dtype, tostring(m.threads or "all"))
+    local max_depth = 0
+    for _, s in ipairs(suite.specs) do
+      max_depth = math.max(max_depth, s.depth + s.n_prompt + s.n_gen)
+    end
+    local model, err = pio.load(m.path, {
+      synthetic = m.synthetic, seed = m.seed, dtype = m.dtype, threads = m.threads,
+      ctx = max_depth > 4096 and max_depth or nil, progress = false,
+    })
+    if not model then error(string.format("model %s: %s", m.name, err), 0) end
+    local info = model:info()
+    local weight_bytes = model:decode_bytes()
+    local label = string.format("%s %s", m.name, m.dtype)
+    local per_test = {}
+    for _, spec in ipairs(suite.specs) do
+      log("  %s: %s ...", label, spec.name)
+      local r = M.measure(model, spec, reps, { n_batch = m.n_batch })
+      per_test[spec.name] = r
+      local row = {
+        model = m.name, dtype = m.dtype, size_bytes = info.weight_bytes,
+        params = info.parameters, backend = "CPU", threads = info.threads, test = spec.name,
+        tps = r.mean, tps_sd = r.sd, samples = r.samples,
+      }
+      if spec.decode and bandwidth then
+        row.roofline_bytes = decode_bytes(info, weight_bytes, spec.depth)
+        row.roofline_tps = bandwidth / row.roofline_bytes
+        row.roofline_fraction = r.mean / row.roofline_tps
+      end
+      result.rows[#result.rows + 1] = row
+      rows[#rows + 1] = { label, gib(info.weight_bytes), string.format("%.2f B", info.parameters / 1e9),
+                          "CPU", tostring(info.threads), spec.name, fmt_tps(r) }
+    end
+    result.models[#result.models + 1] = {
+      name = m.name, dtype = m.dtype, path = m.path, seed = m.seed, params = info.parameters,
+      weight_bytes = info.weight_bytes, decode_bytes = weight_bytes, kv_bytes = info.kv_bytes,
+      peak_rss_bytes = M.peak_rss(),
+    }
+    log("  peak memory so far: %s", gib(M.peak_rss() or 0))
+
+    -- Peers: export while the model is loaded, run after it is gone.
+    local handles = {}
+    for i, p in ipairs(suite.peers or {}) do
+      local ctx = { model = model, spec = m, info = info, threads = info.threads, log = log }
+      local ok, h, why = pcall(p.prepare, ctx)
+      if not ok then h, why = nil, tostring(h) end
+      handles[i] = { handle = h, why = why }
+    end
+    model:free()
+    collectgarbage()
+    for i, p in ipairs(suite.peers or {}) do
+      local peer_results, why = nil, handles[i].why
+      if handles[i].handle then
+        local ctx = { spec = m, info = info, threads = info.threads, log = log, reps = reps,
+                      specs = suite.specs }
+        local ok, res, w = pcall(p.run, handles[i].handle, ctx)
+        if ok then peer_results, why = res, w else why = tostring(res) end
+      end
+      if not peer_results then log("  peer %s: not run (%s)", p.name, tostring(why)) end
+      for _, spec in ipairs(suite.specs) do
+        local mine, theirs = per_test[spec.name], peer_results and peer_results[spec.name]
+        local c = {
+          test = spec.name, model = m.name, dtype = m.dtype, peer = p.name, tps = mine.mean,
+          peer_tps = theirs and theirs.mean or nil, peer_sd = theirs and theirs.sd or nil,
+          ratio = theirs and mine.mean / theirs.mean or nil,
+          peer_missing = not peer_results and tostring(why) or nil,
+        }
+        if spec.decode and bandwidth then
+          c.roofline_tps = bandwidth / decode_bytes(info, weight_bytes, spec.depth)
+          c.roofline_fraction = mine.mean / c.roofline_tps
+          c.peer_roofline_fraction = theirs and theirs.mean / c.roofline_tps or nil
+        end
+        result.comparisons[#result.comparisons + 1] = c
+        compare_rows[#compare_rows + 1] = {
+          label, spec.name, fmt_tps(mine), theirs and fmt_tps(theirs) or "missing",
+          c.ratio and string.format("%.2f", c.ratio) or "-",
+          c.roofline_tps and string.format("%.1f", c.roofline_tps) or "-",
+          c.roofline_fraction and string.format("%.0f%%", 100 * c.roofline_fraction) or "-",
+        }
+      end
+    end
+  end
+
+  out:write("\n")
+  print_table(out, header, rows)
+  if #compare_rows > 0 then
+    out:write("\n")
+    local peer_names = {}
+    for _, p in ipairs(suite.peers) do peer_names[#peer_names + 1] = p.name end
+    local pn = table.concat(peer_names, "/")
+    print_table(out, { "model", "test", "pio t/s", pn .. " t/s", "pio ÷ " .. pn,
+                       "roofline t/s", "pio of roofline" }, compare_rows)
+    for _, p in ipairs(result.peers) do
+      if p.build then out:write(string.format("\n%s: %s\n", p.name, p.build)) end
+    end
+  elseif bandwidth then
+    out:write("\n")
+    local rr = {}
+    for _, r in ipairs(result.rows) do
+      if r.roofline_tps then
+        rr[#rr + 1] = { r.model .. " " .. r.dtype, r.test, string.format("%.2f", r.tps),
+                        string.format("%.1f", r.roofline_tps),
+                        string.format("%.0f%%", 100 * r.roofline_fraction) }
+      end
+    end
+    print_table(out, { "model", "test", "t/s", "roofline t/s", "of roofline" }, rr)
+  end
+  if bandwidth then
+    out:write(string.format("\nroofline: decode bytes per token (weights, plus the KV cache at "
+      .. "depth) ÷ %.1f GB/s measured read bandwidth\n", bandwidth / 1e9))
+  end
+  out:write(string.format("peak memory: %s; revision %s\n", gib(M.peak_rss() or 0),
+                          tostring(result.revision)))
+  if opts.json then
+    local f, err = io.open(opts.json, "w")
+    if not f then error("cannot write " .. opts.json .. ": " .. tostring(err), 0) end
+    f:write(M.json(result), "\n")
+    f:close()
+    log("wrote %s", opts.json)
+  end
+  return result
+end
+
+-- ---- the subcommand --------------------------------------------------------------------
+
+local spec = {
+  ["--json"] = { key = "json", kind = "string" },
+  ["--reps"] = { key = "reps", kind = "count" },
+  ["-r"] = { key = "reps", kind = "count" },
+  ["-h"] = { key = "help", kind = "flag" },
+  ["--help"] = { key = "help", kind = "flag" },
+}
+
+function M.main(args, name, cli)
+  local opts, pos = cli.parse(args, spec)
+  local function usage_error(msg)
+    say("pio %s: %s", name, msg)
+    say("Try 'pio %s --help' for usage.", name)
+    return 2
+  end
+  if not opts then return usage_error(pos) end
+  if opts.help then
+    io.write(cli.help(name))
+    return 0
+  end
+  if #pos == 0 then return usage_error("missing SUITE.lua") end
+  if #pos > 1 then return usage_error(string.format("unexpected argument '%s'", pos[2])) end
+  local suite, err = M.load_suite(pos[1])
+  if not suite then
+    say("pio %s: %s", name, err)
+    return 1
+  end
+  local ok, res = pcall(M.run, suite, { reps = opts.reps, json = opts.json, suite_path = pos[1] })
+  if not ok then
+    say("pio %s: %s", name, tostring(res))
+    return 1
+  end
+  return 0
+end
+
+return M

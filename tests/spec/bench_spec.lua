@@ -1,0 +1,205 @@
+-- pio.bench and the benchmark bindings: test parsing, a tiny suite run end to
+-- end (rows, JSON, peers that fail), saving weights. Benchmarks measure;
+-- nothing here asserts on time.
+local pio = require "pio"
+local bench = require "pio.bench"
+local cjson = require "cjson"
+
+local fixtures = os.getenv("PIO_FIXTURES") or "tests/fixtures"
+local tiny = fixtures .. "/qwen3-gqa2"
+
+local function tmpdir()
+  local d = os.tmpname()
+  os.remove(d)
+  assert(os.execute("mkdir -p " .. d))
+  return d
+end
+
+local function write(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- A sink for the printed table.
+local function buffer()
+  local parts = {}
+  return { write = function(self, ...) for _, s in ipairs { ... } do parts[#parts + 1] = s end end,
+           flush = function() end, text = function() return table.concat(parts) end }
+end
+
+describe("pio.bench", function()
+  describe("parse_test", function()
+    it("works for llama-bench's test names", function()
+      local t = bench.parse_test("pp512")
+      assert.same({ 512, 0, 0, "pp512", false }, { t.n_prompt, t.n_gen, t.depth, t.name, t.decode })
+      t = bench.parse_test("tg128")
+      assert.same({ 0, 128, 0, "tg128", true }, { t.n_prompt, t.n_gen, t.depth, t.name, t.decode })
+      t = bench.parse_test("pp512+tg128")
+      assert.same({ 512, 128, "pp512+tg128" }, { t.n_prompt, t.n_gen, t.name })
+      t = bench.parse_test("tg128 @ d2048")
+      assert.same({ 0, 128, 2048, "tg128 @ d2048" }, { t.n_prompt, t.n_gen, t.depth, t.name })
+      assert.equal("tg128 @ d2048", bench.parse_test("tg128@d2048").name)
+    end)
+
+    it("rejects bad input", function()
+      local spec, why = bench.parse_test("pp")
+      assert.is_nil(spec)
+      assert.equal("bad test 'pp' (expected ppN, tgN, ppN+tgM, optionally @dD)", why)
+      assert.is_nil((bench.parse_test("tg0")))
+      assert.is_nil((bench.parse_test("pp5+pp6")))
+      assert.is_nil((bench.parse_test("xx12")))
+    end)
+  end)
+
+  it("stats gives the mean and the sample standard deviation", function()
+    local mean, sd = bench.stats({ 1, 2, 3, 4 })
+    assert.equal(2.5, mean)
+    assert.near(math.sqrt(5 / 3), sd, 1e-12)
+    assert.same({ 7, 0 }, { bench.stats({ 7 }) })
+  end)
+
+  it("json encodes nested tables, arrays and odd strings", function()
+    local text = bench.json({ b = { 1, 2.5, "x\"y\n" }, a = true, e = setmetatable({}, bench.array) })
+    assert.same({ a = true, b = { 1, 2.5, "x\"y\n" }, e = {} }, cjson.decode(text))
+    assert.equal('{"a":true,"b":[1,2.5,"x\\"y\\n"],"e":[]}', text)
+  end)
+
+  describe("run", function()
+    it("works: rows for every test, roofline fractions, JSON with machine and revision", function()
+      local dir = tmpdir()
+      local peer_ran = {}
+      local suite_path = dir .. "/suite.lua"
+      write(suite_path, string.format([[
+        return {
+          threads = 1, reps = 2, roofline = true,
+          models = { { name = "tiny", path = %q, dtype = { "bf16", "f32" } } },
+          tests = { "pp4", "tg3", "pp4+tg2", "tg2 @ d5" },
+        }]], tiny))
+      local suite = assert(bench.load_suite(suite_path))
+      suite.peers = {
+        { name = "fake", describe = function() return "a fake peer" end,
+          prepare = function(ctx) return ctx.spec.dtype == "f32" and "handle" or nil, "no bf16" end,
+          run = function(h, ctx)
+            peer_ran[#peer_ran + 1] = ctx.spec.dtype
+            local r = {}
+            for _, s in ipairs(ctx.specs) do r[s.name] = { mean = 1.0, sd = 0 } end
+            return r
+          end },
+      }
+      local out = buffer()
+      local json = dir .. "/out.json"
+      local res = bench.run(suite, { out = out, json = json, log = function() end })
+      assert.equal(8, #res.rows)
+      for _, r in ipairs(res.rows) do
+        assert.is_true(r.tps > 0)
+        assert.equal(2, #r.samples)
+        assert.equal(1, r.threads)
+        if r.test == "tg3" or r.test == "tg2 @ d5" then
+          assert.is_true(r.roofline_fraction > 0)
+        else
+          assert.is_nil(r.roofline_fraction)
+        end
+      end
+      assert.same({ "f32" }, peer_ran)
+      local decoded = cjson.decode(slurp(json))
+      assert.equal(8, #decoded.rows)
+      assert.equal(8, #decoded.comparisons)
+      assert.is_string(decoded.machine.cpu)
+      assert.is_number(decoded.machine.read_bandwidth_bytes_per_s)
+      assert.is_truthy(decoded.revision)
+      local missing, compared = 0, 0
+      for _, c in ipairs(decoded.comparisons) do
+        if c.dtype == "bf16" then
+          missing = missing + 1
+          assert.equal("no bf16", c.peer_missing)
+        else
+          compared = compared + 1
+          assert.equal(1.0, c.peer_tps)
+          assert.near(c.tps, c.ratio, 1e-6 * c.tps)
+        end
+        assert.is_string(c.test)
+        assert.is_string(c.model)
+      end
+      assert.same({ 4, 4 }, { missing, compared })
+      local text = out.text()
+      assert.truthy(text:find("| tiny bf16", 1, true))
+      assert.truthy(text:find("tg2 @ d5", 1, true))
+      assert.truthy(text:find("missing", 1, true))
+      assert.truthy(text:find("fake: a fake peer", 1, true))
+      os.execute("rm -rf " .. dir)
+    end)
+
+    it("rejects a suite without models and a bad test", function()
+      local dir = tmpdir()
+      write(dir .. "/a.lua", "return { models = {} }")
+      local s, why = bench.load_suite(dir .. "/a.lua")
+      assert.is_nil(s)
+      assert.equal(dir .. "/a.lua: the suite declares no models", why)
+      write(dir .. "/b.lua", string.format("return { models = { { path = %q } }, tests = { 'qq1' } }", tiny))
+      s, why = bench.load_suite(dir .. "/b.lua")
+      assert.is_nil(s)
+      assert.equal(dir .. "/b.lua: bad test 'qq1' (expected ppN, tgN, ppN+tgM, optionally @dD)", why)
+      write(dir .. "/c.lua", "return 42")
+      s, why = bench.load_suite(dir .. "/c.lua")
+      assert.is_nil(s)
+      assert.equal(dir .. "/c.lua must return a table (the suite)", why)
+      os.execute("rm -rf " .. dir)
+    end)
+  end)
+end)
+
+describe("pio.Model benchmark methods", function()
+  it("bench_forward works and rejects bad input", function()
+    local m = assert(pio.load(tiny, { threads = 1 }))
+    assert.is_true(m:bench_forward(3) >= 0)
+    assert.is_true(m:bench_forward(1, 3) >= 0)
+    assert.is_true(m:bench_forward(5, 0, 2) >= 0)
+    local ctx = m:info().n_ctx
+    assert.has_error(function() m:bench_forward(0) end,
+                     "bad argument #1 to 'bench_forward' (must be a positive token count)")
+    assert.has_error(function() m:bench_forward(2, ctx - 1) end,
+                     string.format("2 tokens after %d do not fit the context of %d (load with a larger ctx)",
+                                   ctx - 1, ctx))
+    m:free()
+  end)
+
+  it("decode_bytes counts the weights a decode step reads", function()
+    local m = assert(pio.load(tiny, { threads = 1, dtype = "f32" }))
+    local info = m:info()
+    assert.is_true(m:decode_bytes() > 0)
+    assert.is_true(m:decode_bytes() <= info.weight_bytes)
+    m:free()
+  end)
+
+  it("save writes a checkpoint that loads back to the same logits", function()
+    local dir = tmpdir()
+    local m = assert(pio.load(tiny, { threads = 1, dtype = "f32" }))
+    assert.is_true(m:save(dir .. "/model.safetensors"))
+    assert(os.execute(string.format("cp %s/config.json %s/", tiny, dir)))
+    local back = assert(pio.load(dir, { threads = 1, dtype = "f32" }))
+    local a, b = m:logits({ 1, 2, 3 }), back:logits({ 1, 2, 3 })
+    assert.tensor_near(a, b, 0, 0)
+    local ok, why = m:save("/nonexistent-dir/x.safetensors")
+    assert.is_nil(ok)
+    assert.truthy(why:find("cannot create '/nonexistent-dir/x.safetensors'", 1, true))
+    m:free()
+    back:free()
+    os.execute("rm -rf " .. dir)
+  end)
+
+  it("pio.read_bandwidth measures and rejects bad options", function()
+    assert.is_true(pio.read_bandwidth({ threads = 1, mib = 8, reps = 1 }) > 0)
+    assert.has_error(function() pio.read_bandwidth({ mib = 0 }) end,
+                     "pio.read_bandwidth: threads >= 0, mib >= 1 and reps >= 1")
+    assert.has_error(function() pio.read_bandwidth({ mb = 1 }) end,
+                     "pio.read_bandwidth: unknown option 'mb' (known: threads, mib, reps)")
+  end)
+end)
