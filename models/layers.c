@@ -92,3 +92,59 @@ pio_status pio_build_logits(pio_model *m, const pio_batch *b, const pio_tensor *
     if ((st = pio_build_norm(m, &sel, norm, (float)m->hp.norm_eps, &sel, err))) return st;
     return pio_build_linear(m, &sel, lm_head, logits, err);
 }
+
+/* Rows [r0, r0 + n) of a contiguous 2-D tensor, as a borrowed view. */
+static pio_tensor rows_of(const pio_tensor *t, int64_t r0, int64_t n) {
+    pio_tensor v = *t;
+    v.offset += (size_t)(r0 * t->stride[0]) * pio_dtype_info(t->dtype)->size;
+    v.shape[0] = n;
+    return v;
+}
+
+pio_status pio_build_moe(pio_model *m, const pio_moe_weights *w, const pio_moe_params *p,
+                         const pio_tensor *h, pio_tensor *out, pio_error *err) {
+    const int64_t n = h->shape[0], E = h->shape[1];
+    const int32_t n_exp = w->n_expert, k = p->route.top_k;
+    if (n_exp < 1 || !w->gate || !w->up || !w->down)
+        return pio_error_set(err, PIO_ERR_INVALID, "moe: no experts");
+    const int64_t pairs = n * k, F = w->gate[0]->shape[0];
+    pio_tensor logits, xg, yg, gate, up, idx;
+    pio_status st;
+    if ((st = pio_scratch(m, PIO_SLOT_ROUTER, n, n_exp, &logits, err)) ||
+        (st = pio_scratch(m, PIO_SLOT_MOE_X, pairs, E, &xg, err)) ||
+        (st = pio_scratch(m, PIO_SLOT_MOE_Y, pairs, E, &yg, err)) ||
+        (st = pio_scratch(m, PIO_SLOT_GATE, pairs, F, &gate, err)) ||
+        (st = pio_scratch(m, PIO_SLOT_UP, pairs, F, &up, err)) ||
+        /* int32 and f32 are both 4 bytes: one slot holds the routing arrays */
+        (st = pio_scratch(m, PIO_SLOT_MOE_IDX, 1, 4 * pairs + n_exp + 1, &idx, err)))
+        return st;
+    int32_t *ids = pio_tensor_data(&idx);
+    float *weights = (float *)(ids + pairs);
+    int32_t *pair_of_row = ids + 2 * pairs, *row_of_pair = ids + 3 * pairs;
+    int32_t *offsets = ids + 4 * pairs;
+
+    /* Route: router logits (a bf16 linear unless the architecture keeps them f32). */
+    if ((st = pio_cpu_matmul(m->pool, h, w->router, &logits, err))) return st;
+    if (m->round_bf16 && !p->router_f32) pio_cpu_round_bf16(&logits);
+    pio_moe_route_params rp = p->route;
+    rp.round_bf16 = m->round_bf16 && p->weights_bf16;
+    if ((st = pio_cpu_moe_route(&logits, &rp, ids, weights, err)) ||
+        (st = pio_cpu_moe_sort(ids, pairs, n_exp, offsets, pair_of_row, row_of_pair, err)) ||
+        (st = pio_cpu_moe_gather(h, pair_of_row, k, &xg, err)))
+        return st;
+
+    /* Each selected expert on its contiguous rows; the others are never touched. */
+    for (int32_t e = 0; e < n_exp; e++) {
+        int64_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
+        if (rows == 0) continue;
+        pio_tensor xe = rows_of(&xg, r0, rows), ye = rows_of(&yg, r0, rows);
+        pio_tensor ge = rows_of(&gate, r0, rows), ue = rows_of(&up, r0, rows);
+        if ((st = pio_build_linear(m, &xe, w->gate[e], &ge, err)) ||
+            (st = pio_build_linear(m, &xe, w->up[e], &ue, err)) ||
+            (st = pio_cpu_silu_mul(&ge, &ue, &ge, m->round_bf16, err)) ||
+            (st = pio_build_linear(m, &ge, w->down[e], &ye, err)))
+            return pio_error_prefix(err, "expert %d", e);
+    }
+    return pio_cpu_moe_combine(m->pool, &yg, row_of_pair, ids, weights, k, p->accum,
+                               m->round_bf16, out, err);
+}

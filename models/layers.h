@@ -4,6 +4,7 @@
 #ifndef PIO_LAYERS_H
 #define PIO_LAYERS_H
 
+#include "cpu_ops.h"
 #include "model_internal.h"
 
 /* Attention weights of one layer (borrowed). q_norm / k_norm may be NULL. */
@@ -39,6 +40,32 @@ pio_status pio_build_attn(pio_model *m, int layer, const pio_attn_weights *w, co
 /* out [n, n_embd] = down(silu(gate(h)) ⊙ up(h)). */
 pio_status pio_build_ffn(pio_model *m, const pio_ffn_weights *w, const pio_tensor *h,
                          pio_tensor *out, pio_error *err);
+
+/* A mixture-of-experts block's weights (borrowed). Expert e's matrices may be
+ * views into one stacked checkpoint tensor; only the experts a batch selects
+ * are read. */
+typedef struct pio_moe_weights {
+    const pio_tensor *router;         /* [n_expert, n_embd] */
+    int32_t n_expert;
+    const pio_tensor *const *gate;    /* [n_expert] of [n_ff_exp, n_embd] */
+    const pio_tensor *const *up;      /* [n_expert] of [n_ff_exp, n_embd] */
+    const pio_tensor *const *down;    /* [n_expert] of [n_embd, n_ff_exp] */
+} pio_moe_weights;
+
+/* How a MoE block routes and sums (the architecture's choices, models.md). */
+typedef struct pio_moe_params {
+    pio_moe_route_params route; /* route.round_bf16 is ignored: see weights_bf16 */
+    bool router_f32;     /* router logits stay f32 in bf16 mode (GLM's f32 router);
+                          * false: rounded like any bf16 linear (Qwen) */
+    bool weights_bf16;   /* in bf16 mode the routing weights are cast to bf16 (Qwen) */
+    pio_moe_accum accum; /* how the top_k expert outputs are summed */
+} pio_moe_params;
+
+/* out [n, n_embd] = Σ_k w_k · down_e(silu(gate_e(h)) ⊙ up_e(h)) over the top_k
+ * experts e the router picks for each token of h [n, n_embd]. Tokens are grouped
+ * by expert, so each selected expert's weights are read once per batch. */
+pio_status pio_build_moe(pio_model *m, const pio_moe_weights *w, const pio_moe_params *p,
+                         const pio_tensor *h, pio_tensor *out, pio_error *err);
 
 /* x += y, rounded in bf16 mode (the residual stream is bf16 in transformers). */
 pio_status pio_build_residual(pio_model *m, pio_tensor *x, const pio_tensor *y, pio_error *err);

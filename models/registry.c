@@ -4,9 +4,11 @@
 #include "model_internal.h"
 
 extern const pio_arch pio_arch_qwen3;
+extern const pio_arch pio_arch_qwen3_moe;
 
 const pio_arch *const pio_arch_table[] = {
     &pio_arch_qwen3,
+    &pio_arch_qwen3_moe,
     NULL,
 };
 

@@ -80,12 +80,14 @@ from transformers import (  # noqa: E402
     GenerationConfig,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "tests" / "fixtures"
 TOKENIZER_SCRIPT = ROOT / "scripts" / "make_tokenizer_fixtures.py"
-SIZE_LIMIT = 3 * 1024 * 1024  # all fixtures together stay well under this
+SIZE_LIMIT = 5 * 1024 * 1024  # all fixtures together stay under this
 
 # ----------------------------------------------------------------------------------------
 # Tokenizer: byte-level BPE with the pipeline of Qwen3's tokenizer.json
@@ -549,6 +551,341 @@ def make_model(spec, out, tok, tok_json, tok_cfg, hf_tok, tok_encodings):
     return ref
 
 
+# ----------------------------------------------------------------------------------------
+# Qwen3-MoE (Qwen3MoeForCausalLM): tiny mixtures of experts, same reference format
+# ----------------------------------------------------------------------------------------
+
+MOE_MODELS = [
+    dict(
+        name="qwen3-moe-e8k2",
+        seed=2001,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_hidden_layers=3,
+        intermediate_size=96,  # the dense layer's MLP
+        moe_intermediate_size=24,
+        num_experts=8,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,  # as Qwen3-Coder-30B-A3B
+        decoder_sparse_step=1,
+        mlp_only_layers=[1],  # layers 0 and 2 are MoE, layer 1 a dense MLP
+        rope_theta=10000000.0,  # Qwen3-Coder-30B-A3B's
+        rms_norm_eps=1e-6,
+        # the checkpoint in transformers v5's stacked layout (experts.gate_up_proj / down_proj)
+        layout="stacked",
+    ),
+    dict(
+        name="qwen3-moe-e16k4",
+        seed=2003,
+        hidden_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=1,  # GQA group 4
+        head_dim=16,
+        num_hidden_layers=4,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        num_experts=16,
+        num_experts_per_tok=4,
+        norm_topk_prob=False,  # Qwen3MoeConfig's default: the top-k softmax weights as they are
+        decoder_sparse_step=2,  # layers 1 and 3 are MoE, 0 and 2 dense
+        mlp_only_layers=[],
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        # per-expert tensors, as published checkpoints (and save_pretrained) write them
+        layout="per_expert",
+    ),
+]
+
+
+def moe_config(spec, ids):
+    return Qwen3MoeConfig(
+        vocab_size=MODEL_VOCAB,
+        hidden_size=spec["hidden_size"],
+        intermediate_size=spec["intermediate_size"],
+        moe_intermediate_size=spec["moe_intermediate_size"],
+        num_hidden_layers=spec["num_hidden_layers"],
+        num_attention_heads=spec["num_attention_heads"],
+        num_key_value_heads=spec["num_key_value_heads"],
+        head_dim=spec["head_dim"],  # not a Qwen3MoeConfig field; the attention reads it (as 30B-A3B's config)
+        num_experts=spec["num_experts"],
+        num_experts_per_tok=spec["num_experts_per_tok"],
+        norm_topk_prob=spec["norm_topk_prob"],
+        decoder_sparse_step=spec["decoder_sparse_step"],
+        mlp_only_layers=spec["mlp_only_layers"],
+        hidden_act="silu",
+        max_position_embeddings=MAX_POSITIONS,
+        rms_norm_eps=spec["rms_norm_eps"],
+        tie_word_embeddings=False,
+        rope_theta=spec["rope_theta"],
+        attention_bias=False,
+        use_sliding_window=False,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+    )
+
+
+def moe_layer_is_sparse(spec, layer):
+    """Qwen3MoeDecoderLayer's rule."""
+    return (
+        layer not in spec["mlp_only_layers"]
+        and spec["num_experts"] > 0
+        and (layer + 1) % spec["decoder_sparse_step"] == 0
+    )
+
+
+@torch.no_grad()
+def init_moe_weights(model, spec, n_tok):
+    """As init_weights, for the MoE parameters too: experts' stacks [E, out, in] get
+    std 1/sqrt(in), the router [E, hidden] std 1/sqrt(hidden) (router logits of std ~1)."""
+    gen = torch.Generator().manual_seed(spec["seed"])
+    hidden = spec["hidden_size"]
+    params = dict(model.named_parameters())
+    for name in sorted(params):
+        p = params[name]
+        if name.endswith("norm.weight"):
+            p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+        elif name == "model.embed_tokens.weight":
+            p.copy_(torch.randn(p.shape, generator=gen))
+        elif name == "lm_head.weight":
+            w = LOGIT_STD_TARGET / hidden**0.5 * torch.randn(p.shape, generator=gen)
+            w[n_tok:] *= PAD_ROW_SCALE
+            p.copy_(w)
+        elif p.dim() in (2, 3):  # nn.Linear [out, in], router [E, in], expert stacks [E, out, in]
+            p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+        else:
+            raise RuntimeError(f"unexpected parameter {name} {tuple(p.shape)}")
+
+
+def stack_experts(d, spec):
+    """Rewrites model.safetensors in transformers v5's in-memory layout: per layer
+    mlp.experts.gate_up_proj [E, 2I, H] (gate rows, then up rows, per expert) and
+    mlp.experts.down_proj [E, H, I], in place of the per-expert tensors."""
+    path = d / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    out = {k: v for k, v in sd.items() if ".mlp.experts." not in k}
+    for layer in range(spec["num_hidden_layers"]):
+        if not moe_layer_is_sparse(spec, layer):
+            continue
+        p = f"model.layers.{layer}.mlp.experts"
+        experts = range(spec["num_experts"])
+        out[f"{p}.gate_up_proj"] = torch.stack(
+            [torch.cat([sd[f"{p}.{e}.gate_proj.weight"], sd[f"{p}.{e}.up_proj.weight"]]) for e in experts]
+        ).contiguous()
+        out[f"{p}.down_proj"] = torch.stack([sd[f"{p}.{e}.down_proj.weight"] for e in experts]).contiguous()
+    save_file(out, str(path), metadata=meta)
+
+
+class RouterProbe:
+    """Records every routing decision of a model's MoE layers: the gap, in router
+    logits, between the last chosen and the first unchosen expert (0 = an exact tie,
+    where torch.topk's pick is unspecified)."""
+
+    def __init__(self, model, top_k):
+        self.gaps = []
+        self.top_k = top_k
+        self.handles = [
+            mod.register_forward_hook(self.hook)
+            for name, mod in model.named_modules()
+            if type(mod).__name__ == "Qwen3MoeTopKRouter"
+        ]
+        assert self.handles, "no router found"
+
+    def hook(self, module, args, output):
+        logits = output[0].float()
+        top = torch.topk(logits, self.top_k + 1, dim=-1).values
+        self.gaps += (top[:, self.top_k - 1] - top[:, self.top_k]).tolist()
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def make_moe_model(spec, out, tok, tok_json, tok_cfg, hf_tok, tok_encodings):
+    d = out / spec["name"]
+    d.mkdir(parents=True, exist_ok=True)
+    for stale in d.iterdir():
+        if stale.is_file():
+            stale.unlink()
+    vocab = tok.get_vocab(with_added_tokens=True)
+    n_tok = tok.get_vocab_size(with_added_tokens=True)
+    k = spec["num_experts_per_tok"]
+    sparse = [moe_layer_is_sparse(spec, i) for i in range(spec["num_hidden_layers"])]
+    assert any(sparse) and not all(sparse) or spec["decoder_sparse_step"] == 1 and not spec["mlp_only_layers"]
+
+    # --- build, init and save: eager attention and eager experts (the per-expert loop)
+    cfg = moe_config(spec, vocab)
+    model = Qwen3MoeForCausalLM._from_config(
+        cfg, attn_implementation="eager", experts_implementation="eager", dtype=torch.float32
+    )
+    assert model.config._experts_implementation == "eager"
+    init_moe_weights(model, spec, n_tok)
+    model.eval()
+    eot, im_end = vocab["<|endoftext|>"], vocab["<|im_end|>"]
+    model.generation_config = GenerationConfig(
+        bos_token_id=eot, pad_token_id=eot, eos_token_id=[im_end, eot], do_sample=True,
+        temperature=0.7, top_k=20, top_p=0.8,
+    )
+    model.save_pretrained(str(d), safe_serialization=True)  # writes per-expert tensors
+    if spec["layout"] == "stacked":
+        stack_experts(d, spec)
+    (d / "tokenizer.json").write_text(tok_json, encoding="utf-8")
+    write_json(d / "tokenizer_config.json", tok_cfg, indent=2)
+    tensor_names = check_file_list(d, False)
+    stacked_names = [n for n in tensor_names if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]
+    assert bool(stacked_names) == (spec["layout"] == "stacked"), stacked_names
+
+    # --- reload from disk as users do; eager experts for the references (as issue 8 asks),
+    # and transformers' default (grouped_mm, also on the CPU with torch 2.15) for comparison
+    def load(dtype, experts):
+        m = Qwen3MoeForCausalLM.from_pretrained(
+            str(d), dtype=dtype, attn_implementation="eager", experts_implementation=experts
+        ).eval()
+        assert m.config._attn_implementation == "eager" and m.config._experts_implementation == experts
+        return m
+
+    m32, m16 = load(torch.float32, "eager"), load(torch.bfloat16, "eager")
+    m16_default = Qwen3MoeForCausalLM.from_pretrained(str(d), dtype=torch.bfloat16, attn_implementation="eager").eval()
+    default_experts = m16_default.config._experts_implementation
+    for m in (m32, m16):
+        assert m.config.rope_parameters == {"rope_theta": spec["rope_theta"], "rope_type": "default"}
+        assert m.config.num_experts == spec["num_experts"]
+        assert [hasattr(layer.mlp, "experts") for layer in m.model.layers] == sparse
+    # the saved file (either layout) holds the model's weights exactly
+    saved = dict(m32.named_parameters())
+    for name, p in model.named_parameters():
+        assert torch.equal(saved[name], p), name
+
+    probe32, probe16 = RouterProbe(m32, k), RouterProbe(m16, k)
+    prompts, tensors = [], {}
+    d32 = 0.0
+    d_default = 0.0
+    agree, agree_default, total = 0, 0, 0
+    max_abs, stds, margins16 = [], [], []
+    for i, text in enumerate(PROMPTS):
+        ids = hf_tok(text, add_special_tokens=False)["input_ids"]
+        assert ids == tok.encode(text).ids
+        l32 = logits_of(m32, ids)
+        lmem = logits_of(model, ids)
+        assert torch.allclose(l32, lmem, rtol=0, atol=1e-5), "reloaded model differs from the saved one"
+        l16 = logits_of(m16, ids)
+        l16d = logits_of(m16_default, ids)
+        tensors[f"logits_f32.{i}"] = l32.contiguous()
+        tensors[f"logits_bf16.{i}"] = l16.contiguous()
+        d32 = max(d32, float((l32 - l16).abs().max()))
+        d_default = max(d_default, float((l16 - l16d).abs().max()))
+        agree += int((l32.argmax(-1) == l16.argmax(-1)).sum())
+        agree_default += int((l16.argmax(-1) == l16d.argmax(-1)).sum())
+        total += len(ids)
+        max_abs.append(float(l32.abs().max()))
+        stds.append(float(l32[:, :n_tok].std()))
+        margins16 += top2_margins(l16)
+        prompts.append({"text": text, "ids": ids, "len": len(ids), "max_abs_logit_f32": max_abs[-1]})
+    probe32.close()
+    probe16.close()
+    save_file(tensors, str(d / "reference.safetensors"), metadata={"generator": "scripts/make_fixtures.py"})
+    # f32 routing must not hinge on the last bits (pio sums in another order).
+    assert min(probe32.gaps) > 1e-4, f"{spec['name']}: f32 router near-tie {min(probe32.gaps)}"
+    gaps16 = torch.tensor(probe16.gaps)
+
+    gp = prompts[GREEDY_PROMPT]["ids"]
+    g32, m32_margins = greedy(m32, gp, GREEDY_NEW_TOKENS)
+    g16, _ = greedy(m16, gp, GREEDY_NEW_TOKENS)
+    with torch.no_grad():
+        gen = m32.generate(
+            torch.tensor([gp]),
+            generation_config=GenerationConfig(
+                max_new_tokens=GREEDY_NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=eot
+            ),
+        )
+    assert gen[0, len(gp):].tolist() == g32, f"{spec['name']}: generate() with cache differs"
+    specials = {vocab[c] for c, _ in ADDED_TOKENS}
+    for t in g32:
+        assert t < n_tok and t not in (eot, im_end), f"{spec['name']}: greedy produced {t}"
+    assert min(m32_margins) > 5e-3, f"{spec['name']}: f32 greedy near-tie {min(m32_margins)}"
+    text_plain = hf_tok.decode(g32, skip_special_tokens=False)
+    text_skip = hf_tok.decode(g32, skip_special_tokens=True)
+    raw = b"".join(bytes_of_token(tok.id_to_token(t)) for t in g32)
+    try:
+        raw.decode("utf-8")
+        valid_utf8 = True
+    except UnicodeDecodeError:
+        valid_utf8 = False
+
+    ref = {
+        "fixture": spec["name"],
+        "generator": "scripts/make_fixtures.py",
+        "versions": {k_: VERSIONS[k_] for k_ in PINNED},
+        "seed": spec["seed"],
+        "config": {
+            "architecture": "Qwen3MoeForCausalLM",
+            "config_format": "transformers-" + VERSIONS["transformers"],
+            "checkpoint_layout": spec["layout"],
+            "vocab_size": MODEL_VOCAB,
+            "tokenizer_size": n_tok,
+            "hidden_size": spec["hidden_size"],
+            "intermediate_size": spec["intermediate_size"],
+            "moe_intermediate_size": spec["moe_intermediate_size"],
+            "num_experts": spec["num_experts"],
+            "num_experts_per_tok": k,
+            "norm_topk_prob": spec["norm_topk_prob"],
+            "decoder_sparse_step": spec["decoder_sparse_step"],
+            "mlp_only_layers": spec["mlp_only_layers"],
+            "moe_layers": [i for i, s_ in enumerate(sparse) if s_],
+            "num_hidden_layers": spec["num_hidden_layers"],
+            "num_attention_heads": spec["num_attention_heads"],
+            "num_key_value_heads": spec["num_key_value_heads"],
+            "head_dim": spec["head_dim"],
+            "tie_word_embeddings": False,
+            "rope_theta": spec["rope_theta"],
+            "rms_norm_eps": spec["rms_norm_eps"],
+            "max_position_embeddings": MAX_POSITIONS,
+            "bos_token_id": eot,
+            "eos_token_id": im_end,
+            "tensors": tensor_names,
+        },
+        "reference": {
+            "implementation": "transformers Qwen3MoeForCausalLM, attn_implementation=eager, "
+            "experts_implementation=eager, use_cache=False",
+            "f32": "from_pretrained(dtype=torch.float32)",
+            "bf16": "from_pretrained(dtype=torch.bfloat16): weights rounded to bf16 (nearest-even), "
+            "rotary inv_freq kept in f32, logits upcast to f32",
+        },
+        "prompts": prompts,
+        "greedy_prompt": GREEDY_PROMPT,
+        "greedy_new_tokens": GREEDY_NEW_TOKENS,
+        "greedy_f32": g32,
+        "greedy_bf16": g16,
+        "greedy_f32_text": text_plain,
+        "greedy_f32_text_exact": valid_utf8 and text_plain == text_skip and not (set(g32) & specials),
+        "measured": {
+            "f32_logit_std": stds,
+            "f32_max_abs_logit": max_abs,
+            "bf16_vs_f32_max_abs_delta": d32,
+            "bf16_vs_f32_max_rel_delta": d32 / max(max_abs),
+            "bf16_vs_f32_top1_agreement": agree / total,
+            "bf16_min_top2_margin": min(margins16),
+            "f32_greedy_min_top2_margin": min(m32_margins),
+            "greedy_bf16_equals_f32": g16 == g32,
+            # routing decisions over all prompts and MoE layers (tokens x layers)
+            "routing_decisions": len(probe32.gaps),
+            "f32_router_min_gap": min(probe32.gaps),
+            "bf16_router_exact_ties": int((gaps16 == 0).sum()),
+            "bf16_router_min_nonzero_gap": float(gaps16[gaps16 > 0].min()),
+            # transformers' default experts implementation on this CPU, in bf16, vs eager
+            "default_experts_implementation": default_experts,
+            "bf16_default_experts_vs_eager_max_abs_delta": d_default,
+            "bf16_default_experts_vs_eager_top1_agreement": agree_default / total,
+        },
+        "tokenizer_encodings": tok_encodings,
+    }
+    write_json(d / "reference.json", ref, indent=1, inline_lists=True)
+    return ref
+
+
 def write_json(path, obj, indent, inline_lists=False):
     """UTF-8 JSON (lua-cjson reads it); with inline_lists, lists of scalars stay on one line."""
 
@@ -634,6 +971,7 @@ def main():
         )
 
     refs = [make_model(spec, out, tok, tok_json, tok_cfg, hf_tok, encodings) for spec in MODELS]
+    moe_refs = [make_moe_model(spec, out, tok, tok_json, tok_cfg, hf_tok, encodings) for spec in MOE_MODELS]
 
     if TOKENIZER_SCRIPT.exists():
         if out == DEFAULT_OUT.resolve():
@@ -652,6 +990,16 @@ def main():
               f"bf16-f32 max|d| {m['bf16_vs_f32_max_abs_delta']:.4f} "
               f"(rel {m['bf16_vs_f32_max_rel_delta']:.2e}), top1 agree {m['bf16_vs_f32_top1_agreement']:.3f}, "
               f".to(bf16) vs from_pretrained {m['bf16_cast_buffers_vs_from_pretrained_max_abs_delta']:.4f}, "
+              f"greedy bf16==f32 {m['greedy_bf16_equals_f32']}")
+    for r in moe_refs:
+        m = r["measured"]
+        print(f"{r['fixture']}: {m['routing_decisions']} routings, f32 router min gap "
+              f"{m['f32_router_min_gap']:.2e}, bf16 router ties {m['bf16_router_exact_ties']}, "
+              f"max|logit| {max(m['f32_max_abs_logit']):.3f}, "
+              f"bf16-f32 max|d| {m['bf16_vs_f32_max_abs_delta']:.4f} top1 {m['bf16_vs_f32_top1_agreement']:.3f}, "
+              f"bf16 {m['default_experts_implementation']}-vs-eager max|d| "
+              f"{m['bf16_default_experts_vs_eager_max_abs_delta']:.4f} "
+              f"top1 {m['bf16_default_experts_vs_eager_top1_agreement']:.3f}, "
               f"greedy bf16==f32 {m['greedy_bf16_equals_f32']}")
     total = 0
     for p in sorted(out.rglob("*")):

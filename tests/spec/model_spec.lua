@@ -116,7 +116,7 @@ describe("pio.load", function()
     f:close()
     local m, err = pio.load(dir)
     assert.is_nil(m)
-    assert.equal("unsupported architecture 'LlamaForCausalLM' (supported: Qwen3ForCausalLM)", err)
+    assert.equal("unsupported architecture 'LlamaForCausalLM' (supported: Qwen3ForCausalLM, Qwen3MoeForCausalLM)", err)
   end)
 
   it("names a missing tensor", function()

@@ -1,0 +1,313 @@
+/* Qwen3-MoE (Qwen3MoeForCausalLM), models.md §2: Qwen3's attention with a
+ * mixture of experts in place of the MLP.
+ *   x = embed[ids]
+ *   per layer: x += o_proj(attn(rope(q_norm(q)), rope(k_norm(k)), v))   on RMSNorm(x)
+ *              x += moe(h) or mlp(h)                                     h = RMSNorm(x)
+ *     moe(h) = Σ_k w_k · down_e(silu(gate_e(h)) ⊙ up_e(h)), e = top_k of softmax(router(h)),
+ *              w renormalised to sum 1 when norm_topk_prob, then cast to bf16 in bf16 mode
+ *     a layer is dense (intermediate_size) when it is in mlp_only_layers, or when
+ *     (l + 1) % decoder_sparse_step != 0, or when there are no experts
+ *   logits = lm_head(RMSNorm(x))   (untied in every published checkpoint)
+ *
+ * Experts load from either checkpoint layout: per-expert tensors
+ * (mlp.experts.{e}.gate_proj.weight ..., as published) or transformers v5's
+ * stacks (mlp.experts.gate_up_proj [E, 2I, H], gate rows first, and
+ * mlp.experts.down_proj [E, H, I]); either way each expert is a view into the
+ * (memory-mapped where the dtype allows) checkpoint. The experts are summed as
+ * transformers' eager experts do (ascending expert id, bf16 rounding after each
+ * add in bf16 mode), the implementation the parity fixtures are made with. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_ops.h"
+#include "layers.h"
+#include "pio/json.h"
+
+extern const pio_arch pio_arch_qwen3;
+
+typedef struct moe_layer {
+    pio_tensor *attn_norm;             /* [E] input_layernorm */
+    pio_tensor *wq, *wk, *wv, *wo;     /* [H*D, E], [Hkv*D, E], [Hkv*D, E], [E, H*D] */
+    pio_tensor *q_norm, *k_norm;       /* [D] */
+    pio_tensor *ffn_norm;              /* [E] post_attention_layernorm */
+    /* dense layers */
+    pio_tensor *gate, *up, *down;      /* [F, E], [F, E], [E, F] */
+    /* MoE layers */
+    pio_tensor *router;                /* [X, E] mlp.gate.weight (X experts) */
+    pio_tensor **exp_gate, **exp_up;   /* [X] of [I, E] (views when stacked) */
+    pio_tensor **exp_down;             /* [X] of [E, I] */
+    pio_tensor *gate_up_stack;         /* [X, 2I, E] when the checkpoint stacks them, else NULL */
+    pio_tensor *down_stack;            /* [X, E, I] */
+} moe_layer;
+
+typedef struct moe_weights {
+    pio_tensor *embed;   /* [n_vocab, E] */
+    pio_tensor *norm;    /* [E] */
+    pio_tensor *lm_head; /* [n_vocab, E]; == embed when tied (not owned then) */
+    moe_layer *layers;   /* [n_layer] */
+} moe_weights;
+
+/* ---- config ------------------------------------------------------------------ */
+
+/* mlp_only_layers: a list of layer indices, or null / absent for none. */
+static pio_status parse_mlp_only(const cJSON *cfg, pio_hparams *hp, bool *dense, pio_error *err) {
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(cfg, "mlp_only_layers");
+    if (!list || cJSON_IsNull(list)) return PIO_OK;
+    if (!cJSON_IsArray(list))
+        return pio_error_set(err, PIO_ERR_FORMAT, "config.json: key 'mlp_only_layers' must be a "
+                             "list of layer indices");
+    const cJSON *v;
+    cJSON_ArrayForEach(v, list) {
+        double d = cJSON_IsNumber(v) ? v->valuedouble : -1.0;
+        if (d < 0 || d != (double)(int64_t)d)
+            return pio_error_set(err, PIO_ERR_FORMAT, "config.json: 'mlp_only_layers' holds "
+                                 "something other than a layer index");
+        /* An index past the last layer names no layer: transformers ignores it too. */
+        if (d < hp->n_layer) dense[(int64_t)d] = true;
+    }
+    return PIO_OK;
+}
+
+static pio_status moe_parse_config(const cJSON *cfg, pio_hparams *hp, pio_error *err) {
+    /* Everything but the MLP is Qwen3's. */
+    pio_status st = pio_arch_qwen3.parse_config(cfg, hp, err);
+    if (st) return st;
+    const char *w = "config.json";
+    int64_t n_expert, top_k, n_ff_exp, step;
+    /* transformers v5 writes num_local_experts (num_experts is its alias). */
+    const char *experts_key =
+        cJSON_GetObjectItemCaseSensitive(cfg, "num_experts") ? "num_experts" : "num_local_experts";
+    if ((st = pio_json_int(cfg, experts_key, true, 0, &n_expert, w, err)) ||
+        (st = pio_json_int(cfg, "num_experts_per_tok", false, 8, &top_k, w, err)) ||
+        (st = pio_json_int(cfg, "moe_intermediate_size", false, 768, &n_ff_exp, w, err)) ||
+        (st = pio_json_int(cfg, "decoder_sparse_step", false, 1, &step, w, err)) ||
+        (st = pio_json_bool(cfg, "norm_topk_prob", false, false, &hp->expert_norm, w, err)))
+        return st;
+    if (n_expert < 0 || n_expert > 4096)
+        return pio_error_set(err, PIO_ERR_FORMAT, "%s must be in [0, 4096], got %lld",
+                             experts_key, (long long)n_expert);
+    if (n_expert > 0 && (top_k < 1 || top_k > n_expert))
+        return pio_error_set(err, PIO_ERR_FORMAT,
+                             "num_experts_per_tok %lld must be in [1, %s = %lld]",
+                             (long long)top_k, experts_key, (long long)n_expert);
+    if (n_ff_exp <= 0 || n_ff_exp > INT32_MAX)
+        return pio_error_set(err, PIO_ERR_FORMAT, "moe_intermediate_size must be positive");
+    if (step < 1 || step > INT32_MAX)
+        return pio_error_set(err, PIO_ERR_FORMAT, "decoder_sparse_step must be >= 1, got %lld",
+                             (long long)step);
+    if (hp->n_layer > PIO_MAX_LAYERS)
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%d layers: pio supports at most %d",
+                             hp->n_layer, PIO_MAX_LAYERS);
+    const cJSON *sliding = cJSON_GetObjectItemCaseSensitive(cfg, "use_sliding_window");
+    if (cJSON_IsTrue(sliding))
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "use_sliding_window=true is not supported");
+    hp->n_expert = (int32_t)n_expert;
+    hp->n_expert_used = (int32_t)top_k;
+    hp->n_ff_exp = (int32_t)n_ff_exp;
+
+    bool dense[PIO_MAX_LAYERS] = {false};
+    if ((st = parse_mlp_only(cfg, hp, dense, err))) return st;
+    for (int l = 0; l < hp->n_layer; l++)
+        hp->moe_layer[l] = !dense[l] && n_expert > 0 && (l + 1) % step == 0;
+    return PIO_OK;
+}
+
+/* ---- weights ----------------------------------------------------------------- */
+
+/* Expert e of a stack [X, rows_per, cols] at row offset `row0` of its block, as
+ * a [rows, cols] view sharing the stack's storage. */
+static pio_tensor *expert_view(const pio_tensor *stack, int64_t e, int64_t row0, int64_t rows,
+                               pio_error *err) {
+    int64_t cols = stack->shape[2];
+    size_t el = pio_dtype_info(stack->dtype)->size;
+    size_t off = stack->offset + (size_t)((e * stack->shape[1] + row0) * cols) * el;
+    int64_t shape[2] = {rows, cols};
+    return pio_tensor_from_storage(stack->storage, off, stack->dtype, 2, shape, err);
+}
+
+static pio_status load_experts(pio_weight_source *ws, const pio_hparams *hp, int l, moe_layer *L,
+                               pio_error *err) {
+    const int64_t X = hp->n_expert, E = hp->n_embd, I = hp->n_ff_exp;
+    L->exp_gate = calloc((size_t)X, sizeof *L->exp_gate);
+    L->exp_up = calloc((size_t)X, sizeof *L->exp_up);
+    L->exp_down = calloc((size_t)X, sizeof *L->exp_down);
+    if (!L->exp_gate || !L->exp_up || !L->exp_down)
+        return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%d.mlp.experts.gate_up_proj", l);
+    bool stacked = ws->st && pio_safetensors_find(ws->st, name);
+    if (stacked) {
+        /* transformers v5's layout: views into the two stacks. */
+        int64_t gu[3] = {X, 2 * I, E}, dn[3] = {X, E, I};
+        if (!(L->gate_up_stack = pio_weights_load(ws, name, 3, gu, PIO_WEIGHT_MATRIX, err)))
+            return err->status;
+        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.down_proj", l);
+        if (!(L->down_stack = pio_weights_load(ws, name, 3, dn, PIO_WEIGHT_MATRIX, err)))
+            return err->status;
+        for (int64_t e = 0; e < X; e++) {
+            if (!(L->exp_gate[e] = expert_view(L->gate_up_stack, e, 0, I, err)) ||
+                !(L->exp_up[e] = expert_view(L->gate_up_stack, e, I, I, err)) ||
+                !(L->exp_down[e] = expert_view(L->down_stack, e, 0, E, err)))
+                return err->status;
+        }
+        return PIO_OK;
+    }
+    /* The published layout: three tensors per expert. */
+    int64_t in[2] = {I, E}, out[2] = {E, I};
+    for (int64_t e = 0; e < X; e++) {
+        const char *p = "model.layers";
+        snprintf(name, sizeof name, "%s.%d.mlp.experts.%lld.gate_proj.weight", p, l, (long long)e);
+        if (!(L->exp_gate[e] = pio_weights_load(ws, name, 2, in, PIO_WEIGHT_MATRIX, err)))
+            return err->status;
+        snprintf(name, sizeof name, "%s.%d.mlp.experts.%lld.up_proj.weight", p, l, (long long)e);
+        if (!(L->exp_up[e] = pio_weights_load(ws, name, 2, in, PIO_WEIGHT_MATRIX, err)))
+            return err->status;
+        snprintf(name, sizeof name, "%s.%d.mlp.experts.%lld.down_proj.weight", p, l, (long long)e);
+        if (!(L->exp_down[e] = pio_weights_load(ws, name, 2, out, PIO_WEIGHT_MATRIX, err)))
+            return err->status;
+    }
+    return PIO_OK;
+}
+
+static pio_status moe_load_weights(pio_model *m, pio_weight_source *ws, pio_error *err) {
+    const pio_hparams *hp = &m->hp;
+    moe_weights *w = calloc(1, sizeof *w);
+    if (!w) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+    m->arch_state = w;
+    w->layers = calloc((size_t)hp->n_layer, sizeof *w->layers);
+    if (!w->layers) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+    ws->total = 3;
+    for (int l = 0; l < hp->n_layer; l++)
+        ws->total += 8 + (hp->moe_layer[l] ? 1 + 3 * (size_t)hp->n_expert : 3);
+
+    int64_t E = hp->n_embd, V = hp->n_vocab, D = hp->head_dim, F = hp->n_ff;
+    int64_t QD = hp->n_head * D, KD = hp->n_head_kv * D;
+    char name[256];
+#define LOAD(dst, kind, ...)                                                                \
+    do {                                                                                    \
+        int64_t shape_[] = {__VA_ARGS__};                                                   \
+        (dst) = pio_weights_load(ws, name, (int)(sizeof shape_ / sizeof shape_[0]), shape_, \
+                                 kind, err);                                                \
+        if (!(dst)) return err->status;                                                     \
+    } while (0)
+#define NAME(...) snprintf(name, sizeof name, __VA_ARGS__)
+
+    NAME("model.embed_tokens.weight");
+    LOAD(w->embed, PIO_WEIGHT_MATRIX, V, E);
+    for (int l = 0; l < hp->n_layer; l++) {
+        moe_layer *L = &w->layers[l];
+        const char *p = "model.layers";
+        NAME("%s.%d.input_layernorm.weight", p, l);           LOAD(L->attn_norm, PIO_WEIGHT_NORM, E);
+        NAME("%s.%d.self_attn.q_proj.weight", p, l);          LOAD(L->wq, PIO_WEIGHT_MATRIX, QD, E);
+        NAME("%s.%d.self_attn.k_proj.weight", p, l);          LOAD(L->wk, PIO_WEIGHT_MATRIX, KD, E);
+        NAME("%s.%d.self_attn.v_proj.weight", p, l);          LOAD(L->wv, PIO_WEIGHT_MATRIX, KD, E);
+        NAME("%s.%d.self_attn.o_proj.weight", p, l);          LOAD(L->wo, PIO_WEIGHT_MATRIX, E, QD);
+        NAME("%s.%d.self_attn.q_norm.weight", p, l);          LOAD(L->q_norm, PIO_WEIGHT_NORM, D);
+        NAME("%s.%d.self_attn.k_norm.weight", p, l);          LOAD(L->k_norm, PIO_WEIGHT_NORM, D);
+        NAME("%s.%d.post_attention_layernorm.weight", p, l);  LOAD(L->ffn_norm, PIO_WEIGHT_NORM, E);
+        if (hp->moe_layer[l]) {
+            NAME("%s.%d.mlp.gate.weight", p, l);              LOAD(L->router, PIO_WEIGHT_MATRIX, hp->n_expert, E);
+            pio_status st = load_experts(ws, hp, l, L, err);
+            if (st) return st;
+        } else {
+            NAME("%s.%d.mlp.gate_proj.weight", p, l);         LOAD(L->gate, PIO_WEIGHT_MATRIX, F, E);
+            NAME("%s.%d.mlp.up_proj.weight", p, l);           LOAD(L->up, PIO_WEIGHT_MATRIX, F, E);
+            NAME("%s.%d.mlp.down_proj.weight", p, l);         LOAD(L->down, PIO_WEIGHT_MATRIX, E, F);
+        }
+    }
+    NAME("model.norm.weight");
+    LOAD(w->norm, PIO_WEIGHT_NORM, E);
+    if (hp->tied_embeddings) {
+        w->lm_head = w->embed;
+    } else {
+        NAME("lm_head.weight");
+        LOAD(w->lm_head, PIO_WEIGHT_MATRIX, V, E);
+    }
+#undef LOAD
+#undef NAME
+    return PIO_OK;
+}
+
+/* ---- forward ----------------------------------------------------------------- */
+
+static pio_status moe_forward(pio_model *m, const pio_batch *b, pio_tensor *logits,
+                              pio_error *err) {
+    const moe_weights *w = m->arch_state;
+    const pio_hparams *hp = &m->hp;
+    int64_t n = b->n_tokens;
+    float eps = (float)hp->norm_eps;
+    const pio_moe_params moe = {
+        .route = {.scoring = PIO_MOE_SOFTMAX, .top_k = hp->n_expert_used,
+                  .norm = hp->expert_norm, .scale = 1.0f},
+        .weights_bf16 = true, /* router_top_value.to(router_logits.dtype) */
+        .accum = PIO_MOE_ACCUM_EXPERT_ORDER,
+    };
+    pio_tensor x, h, out;
+    pio_status st;
+    if ((st = pio_scratch(m, PIO_SLOT_X, n, hp->n_embd, &x, err)) ||
+        (st = pio_scratch(m, PIO_SLOT_H, n, hp->n_embd, &h, err)) ||
+        (st = pio_scratch(m, PIO_SLOT_OUT, n, hp->n_embd, &out, err)) ||
+        (st = pio_cpu_embedding(w->embed, b->token, n, &x, err)))
+        return st;
+
+    for (int l = 0; l < hp->n_layer; l++) {
+        const moe_layer *L = &w->layers[l];
+        pio_attn_weights aw = {.wq = L->wq, .wk = L->wk, .wv = L->wv, .wo = L->wo,
+                               .q_norm = L->q_norm, .k_norm = L->k_norm};
+        if ((st = pio_build_norm(m, &x, L->attn_norm, eps, &h, err)) ||
+            (st = pio_build_attn(m, l, &aw, b, &h, &out, err)) ||
+            (st = pio_build_residual(m, &x, &out, err)) ||
+            (st = pio_build_norm(m, &x, L->ffn_norm, eps, &h, err)))
+            return pio_error_prefix(err, "layer %d", l);
+        if (hp->moe_layer[l]) {
+            pio_moe_weights mw = {.router = L->router, .n_expert = hp->n_expert,
+                                  .gate = (const pio_tensor *const *)L->exp_gate,
+                                  .up = (const pio_tensor *const *)L->exp_up,
+                                  .down = (const pio_tensor *const *)L->exp_down};
+            st = pio_build_moe(m, &mw, &moe, &h, &out, err);
+        } else {
+            pio_ffn_weights fw = {.gate = L->gate, .up = L->up, .down = L->down};
+            st = pio_build_ffn(m, &fw, &h, &out, err);
+        }
+        if (st || (st = pio_build_residual(m, &x, &out, err)))
+            return pio_error_prefix(err, "layer %d", l);
+    }
+    return pio_build_logits(m, b, &x, w->norm, w->lm_head, logits, err);
+}
+
+static void free_experts(pio_tensor **t, int32_t n) {
+    for (int32_t e = 0; t && e < n; e++) pio_tensor_free(t[e]);
+    free(t);
+}
+
+static void moe_free_weights(pio_model *m) {
+    moe_weights *w = m->arch_state;
+    if (w->lm_head != w->embed) pio_tensor_free(w->lm_head);
+    pio_tensor_free(w->embed);
+    pio_tensor_free(w->norm);
+    for (int l = 0; w->layers && l < m->hp.n_layer; l++) {
+        moe_layer *L = &w->layers[l];
+        pio_tensor *all[] = {L->attn_norm, L->wq,   L->wk,     L->wv,     L->wo,
+                             L->q_norm,    L->k_norm, L->ffn_norm, L->gate, L->up,
+                             L->down,      L->router, L->gate_up_stack, L->down_stack};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pio_tensor_free(all[i]);
+        free_experts(L->exp_gate, m->hp.n_expert);
+        free_experts(L->exp_up, m->hp.n_expert);
+        free_experts(L->exp_down, m->hp.n_expert);
+    }
+    free(w->layers);
+    free(w);
+    m->arch_state = NULL;
+}
+
+static const char *const moe_names[] = {"Qwen3MoeForCausalLM", NULL};
+
+const pio_arch pio_arch_qwen3_moe = {
+    .family = "qwen3_moe",
+    .hf_names = moe_names,
+    .parse_config = moe_parse_config,
+    .load_weights = moe_load_weights,
+    .forward = moe_forward,
+    .free_weights = moe_free_weights,
+};
