@@ -10,7 +10,7 @@
 
 #include "model_internal.h"
 
-enum { PROMPT_CHUNK = 512 }; /* bounds activation memory for long prompts */
+enum { PROMPT_CHUNK = PIO_PROMPT_CHUNK }; /* bounds activation memory for long prompts */
 
 double pio_now(void) {
     struct timespec ts;

@@ -23,6 +23,30 @@ pio_status pio_build_residual(pio_model *m, pio_tensor *x, const pio_tensor *y, 
     return st;
 }
 
+/* One matmul by a fused matrix, its output columns then handed to the parts
+ * in order: outs[i] [n, width_i] gets columns [Σ earlier widths, + width_i). */
+static pio_status build_fused_linear(pio_model *m, const pio_tensor *h, const pio_tensor *w,
+                                     enum pio_scratch_slot slot, pio_tensor *const *outs,
+                                     int n_out, pio_error *err) {
+    int64_t n = h->shape[0], total = w->shape[0];
+    pio_tensor y;
+    pio_status st;
+    if ((st = pio_scratch(m, slot, n, total, &y, err)) ||
+        (st = pio_build_linear(m, h, w, &y, err)))
+        return st;
+    const float *src = pio_tensor_data(&y);
+    for (int64_t t = 0; t < n; t++) {
+        int64_t col = 0;
+        for (int i = 0; i < n_out; i++) {
+            int64_t width = outs[i]->shape[1];
+            memcpy((float *)pio_tensor_data(outs[i]) + t * width, src + t * total + col,
+                   (size_t)width * sizeof(float));
+            col += width;
+        }
+    }
+    return PIO_OK;
+}
+
 pio_status pio_build_attn(pio_model *m, int layer, const pio_attn_weights *w, const pio_batch *b,
                           const pio_tensor *h, pio_tensor *out, pio_error *err) {
     const pio_hparams *hp = &m->hp;
@@ -34,10 +58,14 @@ pio_status pio_build_attn(pio_model *m, int layer, const pio_attn_weights *w, co
         (st = pio_scratch(m, PIO_SLOT_V, n, hp->n_head_kv * D, &v, err)) ||
         (st = pio_scratch(m, PIO_SLOT_ATTN, n, hp->n_head * D, &att, err)))
         return st;
-    if ((st = pio_build_linear(m, h, w->wq, &q, err)) ||
-        (st = pio_build_linear(m, h, w->wk, &k, err)) ||
-        (st = pio_build_linear(m, h, w->wv, &v, err)))
+    if (w->wqkv) {
+        pio_tensor *parts[3] = {&q, &k, &v};
+        if ((st = build_fused_linear(m, h, w->wqkv, PIO_SLOT_QKV, parts, 3, err))) return st;
+    } else if ((st = pio_build_linear(m, h, w->wq, &q, err)) ||
+               (st = pio_build_linear(m, h, w->wk, &k, err)) ||
+               (st = pio_build_linear(m, h, w->wv, &v, err))) {
         return st;
+    }
 
     /* Per-head views: q [n, n_head, D], k/v [n, n_head_kv, D]. */
     int64_t qs[3] = {n, hp->n_head, D}, ks[3] = {n, hp->n_head_kv, D};
@@ -62,16 +90,19 @@ pio_status pio_build_attn(pio_model *m, int layer, const pio_attn_weights *w, co
 
 pio_status pio_build_ffn(pio_model *m, const pio_ffn_weights *w, const pio_tensor *h,
                          pio_tensor *out, pio_error *err) {
-    int64_t n = h->shape[0], F = w->gate->shape[0];
+    int64_t n = h->shape[0], F = w->down->shape[1];
     pio_tensor gate, up;
     pio_status st;
     if ((st = pio_scratch(m, PIO_SLOT_GATE, n, F, &gate, err)) ||
         (st = pio_scratch(m, PIO_SLOT_UP, n, F, &up, err)))
         return st;
-    if ((st = pio_build_linear(m, h, w->gate, &gate, err)) ||
-        (st = pio_build_linear(m, h, w->up, &up, err)) ||
-        (st = pio_cpu_silu_mul(&gate, &up, &gate, m->round_bf16, err)))
-        return st;
+    if (w->gate_up) {
+        pio_tensor *parts[2] = {&gate, &up};
+        st = build_fused_linear(m, h, w->gate_up, PIO_SLOT_GATE_UP, parts, 2, err);
+    } else if ((st = pio_build_linear(m, h, w->gate, &gate, err)) == PIO_OK) {
+        st = pio_build_linear(m, h, w->up, &up, err);
+    }
+    if (st || (st = pio_cpu_silu_mul(&gate, &up, &gate, m->round_bf16, err))) return st;
     return pio_build_linear(m, &gate, w->down, out, err);
 }
 

@@ -7,7 +7,8 @@
 #include "cpu_ops.h"
 #include "model_internal.h"
 
-/* Attention weights of one layer (borrowed). q_norm / k_norm may be NULL. */
+/* Attention weights of one layer (borrowed). q_norm / k_norm may be NULL.
+ * When wqkv is set (model surgery fused them), it is used instead of wq, wk, wv. */
 typedef struct pio_attn_weights {
     const pio_tensor *wq;     /* [n_head * head_dim, n_embd] */
     const pio_tensor *wk;     /* [n_head_kv * head_dim, n_embd] */
@@ -15,13 +16,16 @@ typedef struct pio_attn_weights {
     const pio_tensor *wo;     /* [n_embd, n_head * head_dim] */
     const pio_tensor *q_norm; /* [head_dim] per-head RMSNorm before RoPE */
     const pio_tensor *k_norm; /* [head_dim] */
+    const pio_tensor *wqkv;   /* [(n_head + 2 * n_head_kv) * head_dim, n_embd] or NULL */
 } pio_attn_weights;
 
-/* SwiGLU MLP weights (borrowed). */
+/* SwiGLU MLP weights (borrowed). When gate_up is set (fused by model surgery),
+ * it is used instead of gate and up. */
 typedef struct pio_ffn_weights {
-    const pio_tensor *gate; /* [n_ff, n_embd] */
-    const pio_tensor *up;   /* [n_ff, n_embd] */
-    const pio_tensor *down; /* [n_embd, n_ff] */
+    const pio_tensor *gate;    /* [n_ff, n_embd] */
+    const pio_tensor *up;      /* [n_ff, n_embd] */
+    const pio_tensor *down;    /* [n_embd, n_ff] */
+    const pio_tensor *gate_up; /* [2 * n_ff, n_embd] or NULL */
 } pio_ffn_weights;
 
 /* y = x · wᵀ, rounded in bf16 mode. */

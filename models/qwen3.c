@@ -17,6 +17,9 @@ typedef struct qwen3_layer {
     pio_tensor *q_norm, *k_norm;       /* [D] */
     pio_tensor *ffn_norm;              /* [n_embd] post_attention_layernorm */
     pio_tensor *gate, *up, *down;      /* [F, E], [F, E], [E, F] */
+    /* Fused by model surgery (NULL until then); wq/wk/wv and gate/up are views into them. */
+    pio_tensor *wqkv;                  /* [(H + 2·Hkv)·D, E] */
+    pio_tensor *gate_up;               /* [2·F, E] */
 } qwen3_layer;
 
 typedef struct qwen3_weights {
@@ -155,8 +158,8 @@ static pio_status qwen3_forward(pio_model *m, const pio_batch *b, pio_tensor *lo
 
     for (int l = 0; l < hp->n_layer; l++) {
         const qwen3_layer *L = &w->layers[l];
-        pio_attn_weights aw = {L->wq, L->wk, L->wv, L->wo, L->q_norm, L->k_norm};
-        pio_ffn_weights fw = {L->gate, L->up, L->down};
+        pio_attn_weights aw = {L->wq, L->wk, L->wv, L->wo, L->q_norm, L->k_norm, L->wqkv};
+        pio_ffn_weights fw = {L->gate, L->up, L->down, L->gate_up};
         if ((st = pio_build_norm(m, &x, L->attn_norm, eps, &h, err)) ||
             (st = pio_build_attn(m, l, &aw, b, &h, &out, err)) ||
             (st = pio_build_residual(m, &x, &out, err)) ||
@@ -168,20 +171,68 @@ static pio_status qwen3_forward(pio_model *m, const pio_batch *b, pio_tensor *lo
     return pio_build_logits(m, b, &x, w->norm, w->lm_head, logits, err);
 }
 
+static void free_layer(qwen3_layer *L) {
+    pio_tensor *all[] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->q_norm, L->k_norm,
+                         L->ffn_norm, L->gate, L->up, L->down, L->wqkv, L->gate_up};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pio_tensor_free(all[i]);
+}
+
 static void qwen3_free_weights(pio_model *m) {
     qwen3_weights *w = m->arch_state;
     if (w->lm_head != w->embed) pio_tensor_free(w->lm_head);
     pio_tensor_free(w->embed);
     pio_tensor_free(w->norm);
-    for (int l = 0; w->layers && l < m->hp.n_layer; l++) {
-        qwen3_layer *L = &w->layers[l];
-        pio_tensor *all[] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->q_norm,
-                             L->k_norm, L->ffn_norm, L->gate, L->up, L->down};
-        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pio_tensor_free(all[i]);
-    }
+    for (int l = 0; w->layers && l < m->hp.n_layer; l++) free_layer(&w->layers[l]);
     free(w->layers);
     free(w);
     m->arch_state = NULL;
+}
+
+/* ---- model surgery --------------------------------------------------------- */
+
+static void qwen3_remove_layers(pio_model *m, const int32_t *layers, size_t n) {
+    qwen3_weights *w = m->arch_state;
+    int32_t kept = 0;
+    for (int32_t l = 0, r = 0; l < m->hp.n_layer; l++) {
+        qwen3_layer *L = &w->layers[l];
+        if ((size_t)r < n && layers[r] == l) {
+            /* Fused matrices hold their parts' bytes: count the parts, not both. */
+            pio_tensor *all[] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->q_norm,
+                                 L->k_norm, L->ffn_norm, L->gate, L->up, L->down};
+            for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+                m->weight_bytes -= pio_tensor_nbytes(all[i]);
+                m->n_params -= pio_tensor_numel(all[i]);
+            }
+            pio_model_forget_weights(m, all, sizeof all / sizeof all[0]);
+            free_layer(L);
+            r++;
+            continue;
+        }
+        w->layers[kept++] = *L;
+    }
+}
+
+static pio_status qwen3_fuse(pio_model *m, bool qkv, bool gate_up, pio_surgery_report *rep,
+                             pio_error *err) {
+    qwen3_weights *w = m->arch_state;
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        qwen3_layer *L = &w->layers[l];
+        if (qkv && !L->wqkv) {
+            pio_tensor *parts[3] = {L->wq, L->wk, L->wv};
+            if (!(L->wqkv = pio_weights_fuse(parts, 3, err)))
+                return pio_error_prefix(err, "fusing q|k|v of layer %d", l);
+            rep->fused_qkv++;
+            rep->copied_bytes += pio_tensor_nbytes(L->wqkv);
+        }
+        if (gate_up && !L->gate_up) {
+            pio_tensor *parts[2] = {L->gate, L->up};
+            if (!(L->gate_up = pio_weights_fuse(parts, 2, err)))
+                return pio_error_prefix(err, "fusing gate|up of layer %d", l);
+            rep->fused_gate_up++;
+            rep->copied_bytes += pio_tensor_nbytes(L->gate_up);
+        }
+    }
+    return PIO_OK;
 }
 
 static const char *const qwen3_names[] = {"Qwen3ForCausalLM", NULL};
@@ -193,4 +244,6 @@ const pio_arch pio_arch_qwen3 = {
     .load_weights = qwen3_load_weights,
     .forward = qwen3_forward,
     .free_weights = qwen3_free_weights,
+    .remove_layers = qwen3_remove_layers,
+    .fuse = qwen3_fuse,
 };

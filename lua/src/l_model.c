@@ -99,30 +99,39 @@ static void progress_to_stderr(void *ud, const char *stage, size_t done, size_t 
     fflush(stderr);
 }
 
-/* pio.load(path, {dtype=, device=, threads=, ctx=, max_seqs=, synthetic=, seed=, progress=}) */
-static int l_load(lua_State *L) {
+/* The options of pio.load and pio.estimate. `what` names the caller in messages. */
+static void read_load_opts(lua_State *L, int arg, const char *what, pio_load_opts *opts) {
     static const char *const known[] = {"dtype", "device", "threads", "ctx", "max_seqs",
-                                        "synthetic", "seed", "progress", NULL};
-    const char *path = luaL_checkstring(L, 1);
-    check_keys(L, 2, "pio.load", known);
-    pio_load_opts opts = pio_load_opts_default();
-    const char *dtype = opt_str(L, 2, "dtype", "bf16");
-    if (!pio_dtype_from_name(dtype, &opts.dtype) || opts.dtype == PIO_F16)
-        return luaL_error(L, "pio.load: dtype must be 'f32' or 'bf16', got '%s'", dtype);
-    const char *device = opt_str(L, 2, "device", "auto");
-    if (strcmp(device, "cpu") == 0) opts.device = PIO_DEVICE_CPU;
-    else if (strcmp(device, "cuda") == 0) opts.device = PIO_DEVICE_CUDA;
-    else if (strcmp(device, "auto") == 0) opts.device = PIO_DEVICE_CPU; /* no GPU backend built */
-    else return luaL_error(L, "pio.load: device must be 'cpu', 'cuda' or 'auto', got '%s'", device);
-    opts.threads = (int)opt_int(L, 2, "threads", 0);
-    opts.ctx = (int32_t)opt_int(L, 2, "ctx", 0);
-    opts.max_seqs = (int32_t)opt_int(L, 2, "max_seqs", 0);
-    opts.synthetic = opt_bool(L, 2, "synthetic", false);
-    opts.seed = (uint64_t)opt_int(L, 2, "seed", 0);
-    if (opts.threads < 0 || opts.ctx < 0 || opts.max_seqs < 0)
-        return luaL_error(L, "pio.load: threads, ctx and max_seqs must be >= 0");
-    if (opt_bool(L, 2, "progress", isatty(STDERR_FILENO))) opts.progress = progress_to_stderr;
+                                        "synthetic", "seed", "progress", "max_bytes", NULL};
+    check_keys(L, arg, what, known);
+    *opts = pio_load_opts_default();
+    const char *dtype = opt_str(L, arg, "dtype", "bf16");
+    if (!pio_dtype_from_name(dtype, &opts->dtype) || opts->dtype == PIO_F16)
+        luaL_error(L, "%s: dtype must be 'f32' or 'bf16', got '%s'", what, dtype);
+    const char *device = opt_str(L, arg, "device", "auto");
+    if (strcmp(device, "cpu") == 0) opts->device = PIO_DEVICE_CPU;
+    else if (strcmp(device, "cuda") == 0) opts->device = PIO_DEVICE_CUDA;
+    else if (strcmp(device, "auto") == 0) opts->device = PIO_DEVICE_CPU; /* no GPU backend built */
+    else luaL_error(L, "%s: device must be 'cpu', 'cuda' or 'auto', got '%s'", what, device);
+    opts->threads = (int)opt_int(L, arg, "threads", 0);
+    opts->ctx = (int32_t)opt_int(L, arg, "ctx", 0);
+    opts->max_seqs = (int32_t)opt_int(L, arg, "max_seqs", 0);
+    opts->synthetic = opt_bool(L, arg, "synthetic", false);
+    opts->seed = (uint64_t)opt_int(L, arg, "seed", 0);
+    lua_Integer max_bytes = opt_int(L, arg, "max_bytes", 0);
+    if (opts->threads < 0 || opts->ctx < 0 || opts->max_seqs < 0)
+        luaL_error(L, "%s: threads, ctx and max_seqs must be >= 0", what);
+    if (max_bytes < 0) luaL_error(L, "%s: max_bytes must be >= 0 (0: no limit)", what);
+    opts->max_bytes = (size_t)max_bytes;
+    if (opt_bool(L, arg, "progress", isatty(STDERR_FILENO))) opts->progress = progress_to_stderr;
+}
 
+/* pio.load(path, {dtype=, device=, threads=, ctx=, max_seqs=, synthetic=, seed=, progress=,
+ * max_bytes=}) */
+static int l_load(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    pio_load_opts opts;
+    read_load_opts(L, 2, "pio.load", &opts);
     model_box *box = lua_newuserdatauv(L, sizeof *box, 1);
     box->m = NULL;
     luaL_setmetatable(L, MODEL_MT);
@@ -133,6 +142,82 @@ static int l_load(lua_State *L) {
         lua_pushstring(L, err.msg);
         return 2;
     }
+    return 1;
+}
+
+/* pio.estimate(path, opts) → {weights=, kv=, activations=, total=, parameters=, ...}, the
+ * bytes pio.load(path, opts) would take, from config.json alone; or nil, message. */
+static int l_estimate(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    pio_load_opts opts;
+    read_load_opts(L, 2, "pio.estimate", &opts);
+    pio_model_footprint fp;
+    pio_error err;
+    if (pio_model_estimate(path, &opts, &fp, &err)) {
+        lua_pushnil(L);
+        lua_pushstring(L, err.msg);
+        return 2;
+    }
+    lua_createtable(L, 0, 16);
+#define SET_STR(k, v) (lua_pushstring(L, v), lua_setfield(L, -2, k))
+#define SET_INT(k, v) (lua_pushinteger(L, (lua_Integer)(v)), lua_setfield(L, -2, k))
+    SET_STR("architecture", fp.architecture);
+    SET_STR("family", fp.family);
+    SET_STR("dtype", pio_dtype_info(fp.dtype)->name);
+    SET_INT("parameters", fp.n_params);
+    SET_INT("weights", fp.weight_bytes);
+    SET_INT("kv", fp.kv_bytes);
+    SET_INT("activations", fp.activation_bytes);
+    SET_INT("total", fp.total_bytes);
+    SET_INT("n_vocab", fp.n_vocab);
+    SET_INT("n_ctx", fp.n_ctx);
+    SET_INT("n_ctx_train", fp.n_ctx_train);
+    SET_INT("n_layer", fp.n_layer);
+    SET_INT("n_embd", fp.n_embd);
+    SET_INT("n_head", fp.n_head);
+    SET_INT("n_head_kv", fp.n_head_kv);
+    SET_INT("head_dim", fp.head_dim);
+    SET_INT("max_seqs", fp.max_seqs);
+#undef SET_STR
+#undef SET_INT
+    return 1;
+}
+
+/* ---- surgery ----------------------------------------------------------------- */
+
+/* model:surgery{fuse_qkv=, fuse_gate_up=, remove_layers={...}} → report table.
+ * The primitive under pio.surgery.apply; layer numbers are the checkpoint's (0-based). */
+static int m_surgery(lua_State *L) {
+    static const char *const known[] = {"fuse_qkv", "fuse_gate_up", "remove_layers", NULL};
+    pio_model *m = check_model(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    check_keys(L, 2, "surgery", known);
+    pio_surgery s = {.fuse_qkv = opt_bool(L, 2, "fuse_qkv", false),
+                     .fuse_gate_up = opt_bool(L, 2, "fuse_gate_up", false)};
+    lua_getfield(L, 2, "remove_layers");
+    if (!lua_isnil(L, -1)) {
+        size_t n;
+        s.remove_layers = pio_lua_check_ids(L, lua_gettop(L), &n);
+        s.n_remove = n;
+    }
+    pio_surgery_report r;
+    pio_error err;
+    if (pio_model_surgery(m, &s, &r, &err)) return pio_lua_fail(L, &err);
+    lua_createtable(L, 0, 12);
+#define SET_INT(k, v) (lua_pushinteger(L, (lua_Integer)(v)), lua_setfield(L, -2, k))
+    SET_INT("fused_qkv", r.fused_qkv);
+    SET_INT("fused_gate_up", r.fused_gate_up);
+    SET_INT("removed_layers", r.removed_layers);
+    SET_INT("n_layer_before", r.n_layer_before);
+    SET_INT("n_layer_after", r.n_layer_after);
+    SET_INT("params_before", r.params_before);
+    SET_INT("params_after", r.params_after);
+    SET_INT("weight_bytes_before", r.weight_bytes_before);
+    SET_INT("weight_bytes_after", r.weight_bytes_after);
+    SET_INT("kv_bytes_before", r.kv_bytes_before);
+    SET_INT("kv_bytes_after", r.kv_bytes_after);
+    SET_INT("copied_bytes", r.copied_bytes);
+#undef SET_INT
     return 1;
 }
 
@@ -229,6 +314,7 @@ static int m_info(lua_State *L) {
     SET_INT("parameters", i.n_params);
     SET_INT("weight_bytes", i.weight_bytes);
     SET_INT("kv_bytes", i.kv_bytes);
+    SET_INT("activation_bytes", i.activation_bytes);
     SET_INT("threads", i.threads);
     SET_INT("n_vocab", i.n_vocab);
     SET_INT("n_ctx", i.n_ctx);
@@ -406,6 +492,7 @@ static int g_free(lua_State *L) {
 void pio_lua_open_model(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"logits", m_logits}, {"info", m_info}, {"start", m_start}, {"free", m_free},
+        {"surgery", m_surgery},
         {"bench_forward", m_bench_forward}, {"decode_bytes", m_decode_bytes}, {"save", m_save},
         {NULL, NULL},
     };
@@ -435,6 +522,8 @@ void pio_lua_open_model(lua_State *L) {
 
     lua_pushcfunction(L, l_load);
     lua_setfield(L, -2, "load");
+    lua_pushcfunction(L, l_estimate);
+    lua_setfield(L, -2, "estimate");
     lua_pushcfunction(L, l_read_bandwidth);
     lua_setfield(L, -2, "read_bandwidth");
 }

@@ -36,6 +36,8 @@ typedef struct pio_load_opts {
     uint64_t seed;           /* for synthetic weights */
     pio_progress_fn progress; /* optional: called while weights load */
     void *progress_ud;
+    size_t max_bytes;        /* 0: no limit; else a model whose footprint (weights, KV cache,
+                                activations) exceeds it is refused before anything is allocated */
 } pio_load_opts;
 
 pio_load_opts pio_load_opts_default(void);
@@ -67,6 +69,7 @@ typedef struct pio_model_info {
     int threads;
     size_t weight_bytes;
     size_t kv_bytes;
+    size_t activation_bytes;  /* scratch buffers as they stand (they grow with the largest batch) */
     int32_t n_vocab, n_ctx, n_ctx_train, n_layer, n_embd, n_head, n_head_kv, head_dim, max_seqs;
 } pio_model_info;
 
@@ -84,6 +87,55 @@ const int32_t *pio_model_stop_ids(const pio_model *m, size_t *n);
  * top_k, top_p, min_p and repetition_penalty. */
 struct pio_sampler_params;
 void pio_model_default_sampling(const pio_model *m, struct pio_sampler_params *out);
+
+/* Prompts run through the model this many tokens at a time (pio_generation):
+ * it bounds the activation memory of a long prompt. */
+enum { PIO_PROMPT_CHUNK = 512 };
+
+/* What a model would take, computed from config.json alone (no weights read,
+ * nothing of the model allocated): the loader's own accounting run dry.
+ * activation_bytes is the scratch of one prompt chunk (generate runs long
+ * prompts PIO_PROMPT_CHUNK tokens at a time). */
+typedef struct pio_model_footprint {
+    char architecture[64];
+    const char *family;
+    int64_t n_params;
+    pio_dtype dtype;
+    size_t weight_bytes, kv_bytes, activation_bytes, total_bytes;
+    int32_t n_vocab, n_ctx, n_ctx_train, n_layer, n_embd, n_head, n_head_kv, head_dim, max_seqs;
+} pio_model_footprint;
+
+/* path and opts as for pio_model_load (synthetic also accepts a bare config.json;
+ * without it the checkpoint is not opened either: shapes come from config.json). */
+pio_status pio_model_estimate(const char *path, const pio_load_opts *opts,
+                              pio_model_footprint *out, pio_error *err);
+
+/* Model surgery on loaded weights. Fusing concatenates the rows of the
+ * projections that read the same input, so one matmul does the work of two
+ * or three (same numbers, fewer passes); removing drops whole decoder layers
+ * (with their KV cache), numbered as in the checkpoint (model.layers.0 first).
+ * Generations started before a surgery must not be continued after it. */
+typedef struct pio_surgery {
+    bool fuse_qkv;                /* q|k|v → one [(H + 2·Hkv)·D, E] matrix per layer */
+    bool fuse_gate_up;            /* gate|up → one [2·F, E] matrix per layer */
+    const int32_t *remove_layers; /* borrowed; n_remove entries */
+    size_t n_remove;
+} pio_surgery;
+
+typedef struct pio_surgery_report {
+    int32_t fused_qkv, fused_gate_up;  /* layers whose projections were fused now */
+    int32_t removed_layers;
+    int32_t n_layer_before, n_layer_after;
+    int64_t params_before, params_after;
+    size_t weight_bytes_before, weight_bytes_after, kv_bytes_before, kv_bytes_after;
+    size_t copied_bytes;               /* heap taken by fused matrices (their parts are released) */
+} pio_surgery_report;
+
+/* Misuse (a layer out of range or named twice, removing every layer) is
+ * PIO_ERR_INVALID before anything changes; an architecture without surgery
+ * support is PIO_ERR_UNSUPPORTED. */
+pio_status pio_model_surgery(pio_model *m, const pio_surgery *s, pio_surgery_report *rep,
+                             pio_error *err);
 
 /* Architectures pio knows, comma-separated ("Qwen3ForCausalLM, ..."). */
 const char *pio_model_supported_architectures(void);
