@@ -56,7 +56,11 @@ size_t pio_model_decode_bytes(const pio_model *m) {
     for (size_t i = 0; i < m->n_weights; i++) {
         const char *name = m->weights[i].name;
         bool embed = strstr(name, "embed_tokens") != NULL;
-        if (!embed || m->hp.tied_embeddings) bytes += pio_tensor_nbytes(m->weights[i].t);
+        size_t nb = pio_tensor_nbytes(m->weights[i].t);
+        /* A MoE layer's step reads top_k of its experts (per-expert tensors or stacks). */
+        if (m->hp.n_expert > 0 && strstr(name, ".mlp.experts."))
+            nb = nb / (size_t)m->hp.n_expert * (size_t)m->hp.n_expert_used;
+        if (!embed || m->hp.tied_embeddings) bytes += nb;
     }
     return bytes;
 }

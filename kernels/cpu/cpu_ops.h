@@ -145,4 +145,12 @@ pio_status pio_cpu_moe_combine(pio_threadpool *pool, const pio_tensor *y,
                                const float *weights, int32_t top_k, pio_moe_accum accum,
                                bool round_bf16, pio_tensor *out, pio_error *err);
 
+/* Several independent matmuls in one pass of the thread pool (the experts of a
+ * MoE layer): y[j][n_j, m_j] = x[j][n_j, k_j] · w[j][m_j, k_j]ᵀ for j < n_jobs,
+ * with pio_cpu_matmul's dtypes, layouts and arithmetic. Threads split all the
+ * jobs' output rows together, so small jobs do not each pay for waking them. */
+pio_status pio_cpu_matmul_grouped(pio_threadpool *pool, int n_jobs, const pio_tensor *const *x,
+                                  const pio_tensor *const *w, pio_tensor *const *y,
+                                  pio_error *err);
+
 #endif

@@ -3,9 +3,12 @@
  * outputs (see cpu_ops.h). The expert matmuls themselves are pio_cpu_matmul
  * on each expert's contiguous group of rows, called by pio_build_moe. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "cpu_features.h"
 #include "cpu_internal.h"
+#include "matmul_kernels.h"
 
 /* Per-token scratch lives on the stack; real models have at most a few hundred. */
 #define PIO_MOE_MAX_EXPERTS 4096
@@ -259,5 +262,115 @@ pio_status pio_cpu_moe_combine(pio_threadpool *pool, const pio_tensor *y,
     int64_t per_token = (int64_t)top_k * c.d;
     c.n_tasks = pio_cpu_n_tasks(pool, c.n, (65536 + per_token - 1) / per_token);
     pio_threadpool_run(pool, c.n_tasks, combine_task, &c);
+    return PIO_OK;
+}
+
+/* ---- grouped matmul ---------------------------------------------------------- */
+
+enum { ROW_GRANULE = 4, STACK_JOBS = 64 };
+
+typedef struct {
+    pio_matmul_job *job;
+    pio_matmul_kernel *kernel;
+    int32_t *first_task; /* tasks of job j: first_task[j] .. first_task[j+1]-1 */
+    int n_jobs;
+} grouped_ctx;
+
+static void grouped_task(void *arg, int task, int thread) {
+    (void)thread;
+    const grouped_ctx *c = arg;
+    int lo = 0, hi = c->n_jobs - 1; /* the job whose task range holds `task` */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (c->first_task[mid] <= task) lo = mid;
+        else hi = mid - 1;
+    }
+    const pio_matmul_job *job = &c->job[lo];
+    int n = c->first_task[lo + 1] - c->first_task[lo];
+    int64_t m0, m1;
+    pio_cpu_task_range(job->m, n, task - c->first_task[lo], ROW_GRANULE, &m0, &m1);
+    if (m0 < m1) c->kernel[lo](job, m0, m1);
+}
+
+static pio_matmul_kernel pick_kernel(pio_dtype w_dtype) { /* as pio_cpu_matmul's */
+    bool bf16 = w_dtype == PIO_BF16;
+    if (pio_cpu_level_get() == PIO_CPU_AVX512)
+        return bf16 ? pio_matmul_bf16_avx512 : pio_matmul_f32_avx512;
+    return bf16 ? pio_matmul_bf16_avx2 : pio_matmul_f32_avx2;
+}
+
+static pio_status check_job(const char *op, int j, const pio_tensor *x, const pio_tensor *w,
+                            const pio_tensor *y, pio_error *err) {
+    if (!pio_cpu_check_f32(op, "x", x, err) || !pio_cpu_check_f32_bf16(op, "w", w, err) ||
+        !pio_cpu_check_f32(op, "y", y, err))
+        return pio_error_prefix(err, "job %d", j);
+    if (w->ndim != 2 || x->ndim != 2 || y->ndim != 2 || x->shape[1] != w->shape[1]) {
+        pio_cpu_shape_error(err, op, "x", x, "w", w, "do not fit x[n, k] · w[m, k]ᵀ");
+        return pio_error_prefix(err, "job %d", j);
+    }
+    if (y->shape[0] != x->shape[0] || y->shape[1] != w->shape[0]) {
+        pio_cpu_shape_error(err, op, "x", x, "y", y, "do not fit y[n, m] = x[n, k] · w[m, k]ᵀ");
+        return pio_error_prefix(err, "job %d", j);
+    }
+    if (pio_cpu_overlap(x, y) || pio_cpu_overlap(w, y)) {
+        pio_cpu_shape_error(err, op, "x", x, "y", y, "overlap in memory (or w and y do)");
+        return pio_error_prefix(err, "job %d", j);
+    }
+    return PIO_OK;
+}
+
+pio_status pio_cpu_matmul_grouped(pio_threadpool *pool, int n_jobs, const pio_tensor *const *x,
+                                  const pio_tensor *const *w, pio_tensor *const *y,
+                                  pio_error *err) {
+    const char *op = "matmul_grouped";
+    if (n_jobs < 0)
+        return pio_error_set(err, PIO_ERR_INVALID, "%s: %d jobs", op, n_jobs);
+    for (int j = 0; j < n_jobs; j++) {
+        pio_status st = check_job(op, j, x[j], w[j], y[j], err);
+        if (st) return st;
+    }
+    pio_matmul_job job_buf[STACK_JOBS];
+    pio_matmul_kernel kernel_buf[STACK_JOBS];
+    int32_t first_buf[STACK_JOBS + 1];
+    grouped_ctx c = {job_buf, kernel_buf, first_buf, 0};
+    void *heap = NULL;
+    if (n_jobs > STACK_JOBS) { /* a prompt that hits many experts: one allocation per call */
+        heap = malloc((size_t)n_jobs * (sizeof *c.job + sizeof *c.kernel + sizeof *c.first_task) +
+                      sizeof *c.first_task);
+        if (!heap) return pio_error_set(err, PIO_ERR_OOM, "%s: out of memory", op);
+        c.job = heap;
+        c.kernel = (pio_matmul_kernel *)(c.job + n_jobs);
+        c.first_task = (int32_t *)(c.kernel + n_jobs);
+    }
+    int64_t total_rows = 0, most_macs = 1;
+    for (int j = 0; j < n_jobs; j++) {
+        pio_matmul_job job = {.x = pio_tensor_data(x[j]), .w = pio_tensor_data(w[j]),
+                              .y = pio_tensor_data(y[j]), .n = x[j]->shape[0],
+                              .k = w[j]->shape[1], .m = w[j]->shape[0]};
+        if (job.n == 0 || job.m == 0) continue;
+        if (job.k == 0) { /* an empty sum */
+            memset(job.y, 0, (size_t)(job.n * job.m) * sizeof(float));
+            continue;
+        }
+        c.job[c.n_jobs] = job;
+        c.kernel[c.n_jobs++] = pick_kernel(w[j]->dtype);
+        total_rows += job.m;
+        most_macs = job.n * job.k > most_macs ? job.n * job.k : most_macs;
+    }
+    if (c.n_jobs > 0) {
+        /* Rows per task: about 4 tasks per thread over all the jobs together, none
+         * under ~64K multiply-adds (waking threads costs more than it saves), whole
+         * register tiles; a job smaller than that is one task. */
+        int threads = pio_threadpool_size(pool);
+        int64_t rows = threads > 1 ? (total_rows + 4 * threads - 1) / (4 * threads) : total_rows;
+        int64_t min_rows = (65536 + most_macs - 1) / most_macs;
+        rows = rows < min_rows ? min_rows : rows;
+        rows = (rows + ROW_GRANULE - 1) / ROW_GRANULE * ROW_GRANULE;
+        c.first_task[0] = 0;
+        for (int j = 0; j < c.n_jobs; j++)
+            c.first_task[j + 1] = c.first_task[j] + (int32_t)((c.job[j].m + rows - 1) / rows);
+        pio_threadpool_run(pool, c.first_task[c.n_jobs], grouped_task, &c);
+    }
+    free(heap);
     return PIO_OK;
 }

@@ -1,5 +1,6 @@
 /* test-moe: the mixture-of-experts kernels (kernels/cpu/moe.c) against plain
- * scalar references, the pio_build_moe layer builder against a whole-block
+ * scalar references (and the grouped matmul against one matmul per job),
+ * the pio_build_moe layer builder against a whole-block
  * reference in f32 and bf16 modes (and that experts no token picks are never
  * computed), and the Qwen3-MoE loader: both checkpoint layouts give the same
  * model, batching does not change the logits, bad configs and checkpoints
@@ -330,6 +331,58 @@ static void test_combine(void) {
     CHECK_ERR(err, "moe_combine: pair 3 names row 148, outside [0, 148)");
     free(want), free(eager);
     pio_tensor_free(y), pio_tensor_free(out), pio_tensor_free(bad);
+    pio_threadpool_free(pool2);
+}
+
+/* ---- grouped matmul -------------------------------------------------------- */
+
+/* Jobs of assorted shapes (rows not a multiple of the tile, a k of 0, an empty
+ * job) give exactly what one pio_cpu_matmul per job gives, for 1 and 2 threads. */
+static void test_matmul_grouped(void) {
+    enum { J = 7 };
+    int64_t n[J] = {1, 3, 17, 0, 5, 2, 9}, k[J] = {64, 40, 33, 16, 1, 130, 8};
+    int64_t m[J] = {300, 12, 7, 5, 6, 129, 1};
+    pio_dtype dt[J] = {PIO_BF16, PIO_F32, PIO_BF16, PIO_F32, PIO_BF16, PIO_BF16, PIO_F32};
+    pio_tensor *x[J], *w[J], *y[J], *ref[J];
+    for (int j = 0; j < J; j++) {
+        x[j] = rand_tensor(PIO_F32, 2, SHAPE(n[j], k[j]), 1.0f);
+        w[j] = rand_tensor(dt[j], 2, SHAPE(m[j], k[j]), 1.0f);
+        y[j] = rand_tensor(PIO_F32, 2, SHAPE(n[j], m[j]), 1.0f); /* garbage to overwrite */
+        ref[j] = T(PIO_F32, n[j], m[j]);
+    }
+    pio_error err;
+    pio_threadpool *pool2 = pio_threadpool_new(2, &err);
+    pio_threadpool *pools[2] = {NULL, pool2};
+    for (int pi = 0; pi < 2; pi++) {
+        for (int j = 0; j < J; j++) CHECK(pio_cpu_matmul(pools[pi], x[j], w[j], ref[j], &err) == PIO_OK);
+        CHECK_MSG(pio_cpu_matmul_grouped(pools[pi], J, (const pio_tensor *const *)x,
+                                         (const pio_tensor *const *)w, y, &err) == PIO_OK,
+                  "%s", err.msg);
+        bool same = true;
+        for (int j = 0; j < J; j++)
+            same = same && memcmp(fdata(y[j]), fdata(ref[j]), pio_tensor_nbytes(y[j])) == 0;
+        CHECK_MSG(same, "grouped matmul (%d threads) differs from one matmul per job", pi + 1);
+    }
+    /* Many jobs (more than fit on the stack) and the argument checks. */
+    enum { MANY = 150 };
+    const pio_tensor *xs[MANY], *ws[MANY];
+    pio_tensor *ys[MANY];
+    for (int i = 0; i < MANY; i++) xs[i] = x[2], ws[i] = w[2], ys[i] = T(PIO_F32, 17, 7);
+    CHECK(pio_cpu_matmul_grouped(pool2, MANY, xs, ws, ys, &err) == PIO_OK);
+    bool same = true;
+    for (int i = 0; i < MANY; i++) same = same && memcmp(fdata(ys[i]), fdata(ref[2]), 17 * 7 * 4) == 0;
+    CHECK(same);
+    for (int i = 0; i < MANY; i++) pio_tensor_free(ys[i]);
+    const pio_tensor *bx[2] = {x[0], x[1]}, *bw[2] = {w[0], w[0]};
+    pio_tensor *by[2] = {y[0], y[1]};
+    CHECK(pio_cpu_matmul_grouped(NULL, 2, bx, bw, by, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "job 1: matmul_grouped: x [3, 40] and w [300, 64] do not fit");
+    bw[1] = w[1];
+    by[1] = y[0];
+    CHECK(pio_cpu_matmul_grouped(NULL, 2, bx, bw, by, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "job 1: matmul_grouped: x [3, 40] and y [1, 300] do not fit");
+    for (int j = 0; j < J; j++)
+        pio_tensor_free(x[j]), pio_tensor_free(w[j]), pio_tensor_free(y[j]), pio_tensor_free(ref[j]);
     pio_threadpool_free(pool2);
 }
 
@@ -685,6 +738,7 @@ int main(void) {
     test_route();
     test_sort_gather();
     test_combine();
+    test_matmul_grouped();
     test_build_moe();
     test_model_batching();
     test_bad_configs();

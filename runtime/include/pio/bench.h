@@ -22,8 +22,9 @@ pio_status pio_model_bench_forward(pio_model *m, int32_t n_tokens, int32_t n_pas
                                    int32_t n_batch, double *seconds, pio_error *err);
 
 /* Bytes of weights one decode step reads: every matrix and norm of the
- * layers, the final norm and the lm_head (the token embedding is a gather of
- * one row and counts only when it is the lm_head too, i.e. tied). */
+ * layers (of a MoE layer's experts, the top_k the token picks), the final norm
+ * and the lm_head (the token embedding is a gather of one row and counts only
+ * when it is the lm_head too, i.e. tied). */
 size_t pio_model_decode_bytes(const pio_model *m);
 
 /* Writes every weight, under its checkpoint name and in the model's dtype
