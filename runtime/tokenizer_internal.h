@@ -68,18 +68,29 @@ struct tok_strmap_entry {
     uint32_t off, len, hash; /* key at keys.p + off */
     int32_t val;
 };
+typedef struct tok_strmap_slot {
+    uint32_t hash, index; /* index: entry + 1; 0 = empty */
+} tok_strmap_slot;
 typedef struct tok_strmap {
     struct tok_strmap_entry *entries; /* insertion order */
     size_t n, cap;
-    uint32_t *slots; /* entry index + 1; 0 = empty; power-of-two count */
+    tok_strmap_slot *slots; /* power-of-two count; the hash spares most entry visits */
     size_t mask;
     tok_buf keys;
 } tok_strmap;
 
+/* Room for n entries without rehashing. False only when out of memory. */
+bool tok_strmap_reserve(tok_strmap *m, size_t n);
 /* Insert or overwrite. False only when out of memory. */
 bool tok_strmap_put(tok_strmap *m, const char *key, size_t len, int32_t val);
 /* The value, or -1. */
 int32_t tok_strmap_get(const tok_strmap *m, const char *key, size_t len);
+/* The same in pieces, so that a batch of look-ups can overlap their cache
+ * misses: hash, then tok_strmap_prefetch at stages 0 (slot), 1 (entry) and 2
+ * (key), then the look-up with the hash. */
+uint32_t tok_strmap_hash(const char *key, size_t len);
+void tok_strmap_prefetch(const tok_strmap *m, uint32_t hash, int stage);
+int32_t tok_strmap_get_h(const tok_strmap *m, const char *key, size_t len, uint32_t hash);
 void tok_strmap_free(tok_strmap *m);
 
 /* (left id, right id) -> (rank, merged id); one slot per cache access. */
@@ -93,6 +104,8 @@ typedef struct tok_pairmap {
 } tok_pairmap;
 
 bool tok_pairmap_put(tok_pairmap *m, int32_t a, int32_t b, int32_t rank, int32_t merged);
+bool tok_pairmap_reserve(tok_pairmap *m, size_t n);
+void tok_pairmap_prefetch(const tok_pairmap *m, int32_t a, int32_t b);
 bool tok_pairmap_get(const tok_pairmap *m, int32_t a, int32_t b, int32_t *rank, int32_t *merged);
 void tok_pairmap_free(tok_pairmap *m);
 

@@ -215,6 +215,219 @@ static pio_status check_post_processor(const cJSON *n, const char *what, pio_err
                          type ? type : "?");
 }
 
+static char *read_text(const char *path, size_t *len, pio_error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        pio_error_set(err, PIO_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    tok_buf b = {0};
+    char chunk[65536];
+    size_t got;
+    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (!tok_buf_append(&b, chunk, got)) {
+            fclose(f);
+            tok_buf_free(&b);
+            oom(err);
+            return NULL;
+        }
+    }
+    bool failed = ferror(f);
+    fclose(f);
+    if (failed || !tok_buf_append(&b, "", 0)) {
+        tok_buf_free(&b);
+        pio_error_set(err, PIO_ERR_IO, "cannot read '%s'", path);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}
+
+static bool file_exists(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* ---- the big arrays, without a cJSON tree ----------------------------------------
+ *
+ * model.vocab and model.merges are most of a tokenizer.json (5 MB for Qwen3,
+ * 300k strings). cJSON would allocate a node and a string for each; instead
+ * their spans are found with a skipping scanner, blanked out of the text cJSON
+ * parses, and read straight from the file's bytes into the hash maps. */
+
+typedef struct json_span {
+    size_t start, end; /* [start, end) of the value; end == 0: not found */
+} json_span;
+
+static size_t json_ws(const char *s, size_t i, size_t n) {
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
+    return i;
+}
+
+/* s[*i] is a quote: moves *i past the closing one. */
+static bool json_skip_string(const char *s, size_t n, size_t *i) {
+    size_t j = *i + 1;
+    for (;;) {
+        const char *q = memchr(s + j, '"', n - j);
+        if (!q) return false;
+        size_t k = (size_t)(q - s), bs = 0;
+        while (k - bs > j && s[k - bs - 1] == '\\') bs++;
+        j = k + 1;
+        if (bs % 2 == 0) break;
+    }
+    *i = j;
+    return true;
+}
+
+static bool json_skip_value(const char *s, size_t n, size_t *i, int depth) {
+    size_t j = json_ws(s, *i, n);
+    if (j >= n || depth > 200) return false;
+    char c = s[j];
+    if (c == '"') {
+        if (!json_skip_string(s, n, &j)) return false;
+    } else if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        j = json_ws(s, j + 1, n);
+        if (j < n && s[j] == close) {
+            j++;
+        } else {
+            for (;;) {
+                if (c == '{') {
+                    j = json_ws(s, j, n);
+                    if (j >= n || s[j] != '"' || !json_skip_string(s, n, &j)) return false;
+                    j = json_ws(s, j, n);
+                    if (j >= n || s[j] != ':') return false;
+                    j++;
+                }
+                if (!json_skip_value(s, n, &j, depth + 1)) return false;
+                j = json_ws(s, j, n);
+                if (j >= n) return false;
+                if (s[j] == close) {
+                    j++;
+                    break;
+                }
+                if (s[j] != ',') return false;
+                j++;
+            }
+        }
+    } else {
+        while (j < n) {
+            char d = s[j];
+            if (d == ',' || d == '}' || d == ']' || d == ' ' || d == '\t' || d == '\r' || d == '\n') break;
+            j++;
+        }
+    }
+    *i = j;
+    return true;
+}
+
+/* Whether the string at s[i] (a quote) is exactly `key`. */
+static bool json_key_is(const char *s, size_t n, size_t i, const char *key) {
+    size_t k = strlen(key);
+    return i + k + 1 < n && !memcmp(s + i + 1, key, k) && s[i + k + 1] == '"';
+}
+
+/* Finds model.vocab (an object) and model.merges (an array) in the top-level
+ * object; leaves the spans empty when the text is not shaped so (cJSON then
+ * parses everything and reports what is wrong). */
+static void find_model_spans(const char *s, size_t n, json_span *vocab, json_span *merges) {
+    size_t i = json_ws(s, 0, n);
+    if (i >= n || s[i] != '{') return;
+    i = json_ws(s, i + 1, n);
+    while (i < n && s[i] == '"') {
+        bool is_model = json_key_is(s, n, i, "model");
+        if (!json_skip_string(s, n, &i)) return;
+        i = json_ws(s, i, n);
+        if (i >= n || s[i] != ':') return;
+        i = json_ws(s, i + 1, n);
+        if (is_model && i < n && s[i] == '{') {
+            size_t j = json_ws(s, i + 1, n);
+            while (j < n && s[j] == '"') {
+                bool v = json_key_is(s, n, j, "vocab"), m = json_key_is(s, n, j, "merges");
+                if (!json_skip_string(s, n, &j)) return;
+                j = json_ws(s, j, n);
+                if (j >= n || s[j] != ':') return;
+                j = json_ws(s, j + 1, n);
+                size_t start = j;
+                if (!json_skip_value(s, n, &j, 1)) return;
+                if (v && s[start] == '{') *vocab = (json_span){start, j};
+                if (m && s[start] == '[') *merges = (json_span){start, j};
+                j = json_ws(s, j, n);
+                if (j < n && s[j] == ',') j = json_ws(s, j + 1, n);
+            }
+        }
+        if (!json_skip_value(s, n, &i, 1)) return;
+        i = json_ws(s, i, n);
+        if (i < n && s[i] == ',') i = json_ws(s, i + 1, n);
+        else break;
+    }
+}
+
+static int hex4(const char *s) {
+    int v = 0;
+    for (int k = 0; k < 4; k++) {
+        char c = s[k];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* Decodes the JSON string at s[*i] (a quote) into out (replacing its
+ * contents); moves *i past it. */
+static bool json_read_string(const char *s, size_t n, size_t *i, tok_buf *out) {
+    size_t j = *i + 1;
+    out->len = 0;
+    for (;;) {
+        size_t k = j;
+        while (k < n && s[k] != '"' && s[k] != '\\' && (unsigned char)s[k] >= 0x20) k++;
+        if (k >= n || (unsigned char)s[k] < 0x20) return false;
+        if (k > j && !tok_buf_append(out, s + j, k - j)) return false;
+        if (s[k] == '"') {
+            *i = k + 1;
+            if (!out->p && !tok_buf_append(out, "", 0)) return false;
+            return true;
+        }
+        if (k + 1 >= n) return false;
+        char e = s[k + 1], c;
+        j = k + 2;
+        switch (e) {
+        case '"': c = '"'; break;
+        case '\\': c = '\\'; break;
+        case '/': c = '/'; break;
+        case 'b': c = '\b'; break;
+        case 'f': c = '\f'; break;
+        case 'n': c = '\n'; break;
+        case 'r': c = '\r'; break;
+        case 't': c = '\t'; break;
+        case 'u': {
+            int cp = k + 6 <= n ? hex4(s + k + 2) : -1;
+            if (cp < 0) return false;
+            j = k + 6;
+            if (cp >= 0xdc00 && cp <= 0xdfff) return false; /* lone low surrogate */
+            if (cp >= 0xd800 && cp <= 0xdbff) {
+                int lo = j + 6 <= n && s[j] == '\\' && s[j + 1] == 'u' ? hex4(s + j + 2) : -1;
+                if (lo < 0xdc00 || lo > 0xdfff) return false;
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                j += 6;
+            }
+            char u[4];
+            if (!tok_buf_append(out, u, tok_utf8_encode((uint32_t)cp, u))) return false;
+            continue;
+        }
+        default: return false;
+        }
+        if (!tok_buf_append(out, &c, 1)) return false;
+    }
+}
+
+static pio_status span_error(const char *what, const char *name, size_t at, pio_error *err) {
+    return pio_error_set(err, PIO_ERR_FORMAT, "%s: invalid JSON in model.%s at byte %zu", what, name,
+                         at);
+}
+
 /* ---- BPE model ------------------------------------------------------------------- */
 
 static pio_status vocab_put(pio_tokenizer *tok, const char *s, size_t n, double id,
@@ -223,6 +436,25 @@ static pio_status vocab_put(pio_tokenizer *tok, const char *s, size_t n, double 
         return pio_error_set(err, PIO_ERR_FORMAT, "%s: token '%s' has invalid id %g", what, s, id);
     if (!tok_strmap_put(&tok->bpe.vocab, s, n, (int32_t)id)) return oom(err);
     if ((int32_t)id >= tok->n_vocab) tok->n_vocab = (int32_t)id + 1;
+    return PIO_OK;
+}
+
+/* The ids of one merge, the three look-ups' hashes known (merged = a + b
+ * less b's prefix). */
+static pio_status merge_ids_h(pio_tokenizer *tok, const char *a, size_t na, uint32_t ha,
+                              const char *b, size_t nb, uint32_t hb, const char *ab, size_t nab,
+                              uint32_t hab, int32_t rank, int32_t ids[3], const char *what,
+                              pio_error *err) {
+    tok_bpe *m = &tok->bpe;
+    ids[0] = tok_strmap_get_h(&m->vocab, a, na, ha);
+    ids[1] = tok_strmap_get_h(&m->vocab, b, nb, hb);
+    if (ids[0] < 0 || ids[1] < 0 || nb < strlen(m->prefix))
+        return pio_error_set(err, PIO_ERR_FORMAT, "%s: merge %zu ('%.*s' '%.*s') uses a token not in the vocabulary",
+                             what, (size_t)rank + 1, (int)na, a, (int)nb, b);
+    ids[2] = tok_strmap_get_h(&m->vocab, ab, nab, hab);
+    if (ids[2] < 0)
+        return pio_error_set(err, PIO_ERR_FORMAT, "%s: merge %zu gives '%.*s', which is not in the vocabulary",
+                             what, (size_t)rank + 1, (int)nab, ab);
     return PIO_OK;
 }
 
@@ -257,6 +489,191 @@ static pio_status add_merge_line(pio_tokenizer *tok, const char *line, size_t le
                      what, err);
 }
 
+/* model.vocab read from its span: {"token": id, ...}. */
+static pio_status read_vocab_span(pio_tokenizer *tok, const char *s, json_span sp, const char *what,
+                                  pio_error *err) {
+    tok_buf key = {0};
+    pio_status st = PIO_OK;
+    /* Roughly one entry per 12 bytes: size the map once instead of rehashing. */
+    if (!tok_strmap_reserve(&tok->bpe.vocab, (sp.end - sp.start) / 12)) return oom(err);
+    size_t i = json_ws(s, sp.start + 1, sp.end);
+    while (!st && i < sp.end && s[i] != '}') {
+        if (s[i] != '"' || !json_read_string(s, sp.end, &i, &key)) {
+            st = span_error(what, "vocab", i, err);
+            break;
+        }
+        i = json_ws(s, i, sp.end);
+        if (i >= sp.end || s[i] != ':') {
+            st = span_error(what, "vocab", i, err);
+            break;
+        }
+        i = json_ws(s, i + 1, sp.end);
+        size_t start = i;
+        while (i < sp.end && (s[i] == '-' || s[i] == '+' || s[i] == '.' || s[i] == 'e' ||
+                              s[i] == 'E' || (s[i] >= '0' && s[i] <= '9')))
+            i++;
+        char num[64], *end;
+        if (i == start || i - start >= sizeof num) {
+            st = pio_error_set(err, PIO_ERR_FORMAT, "%s: vocab entry '%s' is not a number", what, key.p);
+            break;
+        }
+        memcpy(num, s + start, i - start);
+        num[i - start] = '\0';
+        double id = strtod(num, &end);
+        if (*end) {
+            st = span_error(what, "vocab", start, err);
+            break;
+        }
+        if ((st = vocab_put(tok, key.p, key.len, id, what, err))) break;
+        i = json_ws(s, i, sp.end);
+        if (i < sp.end && s[i] == ',') i = json_ws(s, i + 1, sp.end);
+        else if (i >= sp.end || s[i] != '}') st = span_error(what, "vocab", i, err);
+    }
+    tok_buf_free(&key);
+    return st;
+}
+
+/* model.merges read from its span: ["a b", ...] or [["a", "b"], ...]. Merges
+ * are resolved in batches whose hash-map look-ups are prefetched together:
+ * 450k random look-ups into a 150k-token vocabulary are most of the load. */
+typedef struct merge_item {
+    size_t a, na, b, nb, ab, nab; /* offsets into the batch's bytes */
+    uint32_t ha, hb, hab;
+    int32_t rank;
+    bool not_two; /* "a b" form with other than one space */
+} merge_item;
+
+#define MERGE_BATCH 64
+
+static pio_status flush_merges(pio_tokenizer *tok, merge_item *items, size_t n, tok_buf *bytes,
+                               const char *what, pio_error *err) {
+    const tok_strmap *v = &tok->bpe.vocab;
+    const char *p = bytes->p;
+    for (size_t k = 0; k < n; k++) {
+        merge_item *it = &items[k];
+        it->ha = tok_strmap_hash(p + it->a, it->na);
+        it->hb = tok_strmap_hash(p + it->b, it->nb);
+        it->hab = tok_strmap_hash(p + it->ab, it->nab);
+    }
+    for (int stage = 0; stage < 3; stage++)
+        for (size_t k = 0; k < n; k++) {
+            tok_strmap_prefetch(v, items[k].ha, stage);
+            tok_strmap_prefetch(v, items[k].hb, stage);
+            tok_strmap_prefetch(v, items[k].hab, stage);
+        }
+    int32_t ids[MERGE_BATCH][3];
+    for (size_t k = 0; k < n; k++) {
+        merge_item *it = &items[k];
+        if (it->not_two)
+            return pio_error_set(err, PIO_ERR_FORMAT, "%s: merge %d is not two tokens separated by a space",
+                                 what, it->rank + 1);
+        pio_status st = merge_ids_h(tok, p + it->a, it->na, it->ha, p + it->b, it->nb, it->hb,
+                                    p + it->ab, it->nab, it->hab, it->rank, ids[k], what, err);
+        if (st) return st;
+        tok_pairmap_prefetch(&tok->bpe.merges, ids[k][0], ids[k][1]);
+    }
+    for (size_t k = 0; k < n; k++)
+        if (!tok_pairmap_put(&tok->bpe.merges, ids[k][0], ids[k][1], items[k].rank, ids[k][2]))
+            return oom(err);
+    bytes->len = 0;
+    return PIO_OK;
+}
+
+/* Queues merge (a, b) with its merged string a + b-without-prefix. */
+static bool queue_merge(merge_item *it, tok_buf *bytes, const char *a, size_t na, const char *b,
+                        size_t nb, size_t plen) {
+    size_t tail = nb >= plen ? nb - plen : 0;
+    if (!tok_buf_reserve(bytes, 2 * na + nb + tail + 1)) return false;
+    char *w = bytes->p + bytes->len;
+    it->a = bytes->len;
+    it->na = na;
+    memcpy(w, a, na);
+    it->b = it->a + na;
+    it->nb = nb;
+    memcpy(w + na, b, nb);
+    it->ab = it->b + nb;
+    it->nab = na + tail;
+    memcpy(w + na + nb, a, na);
+    memcpy(w + 2 * na + nb, b + (nb - tail), tail);
+    bytes->len += 2 * na + nb + tail;
+    return true;
+}
+
+static pio_status read_merges_span(pio_tokenizer *tok, const char *s, json_span sp,
+                                   const char *what, pio_error *err) {
+    tok_buf a = {0}, b = {0}, bytes = {0};
+    merge_item items[MERGE_BATCH];
+    size_t nq = 0, plen = strlen(tok->bpe.prefix);
+    pio_status st = PIO_OK;
+    int32_t rank = 0;
+    if (!tok_pairmap_reserve(&tok->bpe.merges, (sp.end - sp.start) / 10)) return oom(err);
+    size_t i = json_ws(s, sp.start + 1, sp.end);
+    while (!st && i < sp.end && s[i] != ']') {
+        size_t at = i;
+        bool queued = false, ok = true;
+        merge_item *it = &items[nq];
+        *it = (merge_item){.rank = rank};
+        if (s[i] == '"') {
+            if (!json_read_string(s, sp.end, &i, &a)) {
+                st = span_error(what, "merges", at, err);
+                break;
+            }
+            if (!(a.len >= 8 && !strncmp(a.p, "#version", 8))) {
+                const char *space = memchr(a.p, ' ', a.len);
+                size_t na = space ? (size_t)(space - a.p) : a.len;
+                size_t rest = space ? a.len - na - 1 : 0;
+                it->not_two = !space || memchr(space + 1, ' ', rest);
+                ok = queue_merge(it, &bytes, a.p, na, space ? space + 1 : "", rest, plen);
+                queued = true;
+            }
+        } else if (s[i] == '[') {
+            i = json_ws(s, i + 1, sp.end);
+            bool good = i < sp.end && s[i] == '"' && json_read_string(s, sp.end, &i, &a);
+            if (good) i = json_ws(s, i, sp.end);
+            good = good && i < sp.end && s[i] == ',';
+            if (good) i = json_ws(s, i + 1, sp.end);
+            good = good && i < sp.end && s[i] == '"' && json_read_string(s, sp.end, &i, &b);
+            if (good) i = json_ws(s, i, sp.end);
+            good = good && i < sp.end && s[i] == ']';
+            if (!good) {
+                st = flush_merges(tok, items, nq, &bytes, what, err);
+                if (!st)
+                    st = pio_error_set(err, PIO_ERR_FORMAT,
+                                       "%s: merge %d is neither \"a b\" nor [\"a\", \"b\"]", what, rank + 1);
+                break;
+            }
+            i++;
+            ok = queue_merge(it, &bytes, a.p, a.len, b.p, b.len, plen);
+            queued = true;
+        } else {
+            st = flush_merges(tok, items, nq, &bytes, what, err);
+            if (!st)
+                st = pio_error_set(err, PIO_ERR_FORMAT, "%s: merge %d is neither \"a b\" nor [\"a\", \"b\"]",
+                                   what, rank + 1);
+            break;
+        }
+        if (!ok) {
+            st = oom(err);
+            break;
+        }
+        if (queued) {
+            rank++;
+            if (++nq == MERGE_BATCH) {
+                st = flush_merges(tok, items, nq, &bytes, what, err);
+                nq = 0;
+            }
+        }
+        i = json_ws(s, i, sp.end);
+        if (i < sp.end && s[i] == ',') i = json_ws(s, i + 1, sp.end);
+        else if (!st && (i >= sp.end || s[i] != ']')) st = span_error(what, "merges", i, err);
+    }
+    if (!st && nq) st = flush_merges(tok, items, nq, &bytes, what, err);
+    tok_buf_free(&a);
+    tok_buf_free(&b);
+    tok_buf_free(&bytes);
+    return st;
+}
+
 /* The char -> id table BPE uses for single characters below U+10000. */
 static pio_status build_char_table(tok_bpe *m, pio_error *err) {
     m->char_id = malloc(0x10000 * sizeof *m->char_id);
@@ -283,7 +700,8 @@ static pio_status opt_string(const cJSON *obj, const char *key, char **out, cons
     return *out ? PIO_OK : oom(err);
 }
 
-static pio_status parse_model(pio_tokenizer *tok, const cJSON *model, const char *what,
+static pio_status parse_model(pio_tokenizer *tok, const cJSON *model, const char *text,
+                              json_span vocab_span, json_span merges_span, const char *what,
                               pio_error *err) {
     tok_bpe *m = &tok->bpe;
     const char *type = type_of(model);
@@ -310,6 +728,8 @@ static pio_status parse_model(pio_tokenizer *tok, const cJSON *model, const char
     const cJSON *unk = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
     if (cJSON_IsString(unk) && !(m->unk_token = xstrdup(unk->valuestring))) return oom(err);
 
+    if (vocab_span.end && (st = read_vocab_span(tok, text, vocab_span, what, err))) return st;
+    if (merges_span.end && (st = read_merges_span(tok, text, merges_span, what, err))) return st;
     const cJSON *item;
     cJSON_ArrayForEach(item, vocab) {
         if (!cJSON_IsNumber(item))
@@ -515,10 +935,43 @@ out:
 /* ---- tokenizer.json ------------------------------------------------------------------ */
 
 pio_status tok_load_json_file(pio_tokenizer *tok, const char *path, pio_error *err) {
-    cJSON *root = pio_json_read_file(path, err);
-    if (!root) return err ? err->status : PIO_ERR_IO;
+    size_t len;
+    char *text = read_text(path, &len, err);
+    if (!text) return err ? err->status : PIO_ERR_IO;
+    json_span vocab = {0}, merges = {0};
+    find_model_spans(text, len, &vocab, &merges);
+    /* cJSON parses a copy with the two spans emptied ("{}", "[]" and spaces,
+     * so offsets in its error messages still point into the file). */
+    char *small = malloc(len + 1);
+    if (!small) {
+        free(text);
+        return oom(err);
+    }
+    memcpy(small, text, len + 1);
+    json_span spans[2] = {vocab, merges};
+    for (int k = 0; k < 2; k++)
+        if (spans[k].end) memset(small + spans[k].start + 1, ' ', spans[k].end - spans[k].start - 2);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(small, len, &end, false);
+    if (root) {
+        while (end < small + len && *end && strchr(" \t\r\n", *end)) end++;
+        if (end < small + len) {
+            cJSON_Delete(root);
+            root = NULL;
+        }
+    }
+    size_t off = end ? (size_t)(end - small) : 0;
+    free(small);
+    if (!root) {
+        size_t line = 1;
+        for (size_t i = 0; i < off && i < len; i++) line += text[i] == '\n';
+        free(text);
+        return pio_error_set(err, PIO_ERR_FORMAT, "'%s': invalid JSON at byte %zu (line %zu)", path,
+                             off, line);
+    }
     const char *what = path;
     pio_status st = PIO_OK;
+
     if (!cJSON_IsObject(root)) {
         st = pio_error_set(err, PIO_ERR_FORMAT, "%s: not a JSON object", what);
         goto done;
@@ -527,7 +980,8 @@ pio_status tok_load_json_file(pio_tokenizer *tok, const char *path, pio_error *e
         (st = parse_pre_tokenizer(tok, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), what, err)) ||
         (st = parse_decoder(tok, cJSON_GetObjectItemCaseSensitive(root, "decoder"), what, err)) ||
         (st = check_post_processor(cJSON_GetObjectItemCaseSensitive(root, "post_processor"), what, err)) ||
-        (st = parse_model(tok, cJSON_GetObjectItemCaseSensitive(root, "model"), what, err)))
+        (st = parse_model(tok, cJSON_GetObjectItemCaseSensitive(root, "model"), text, vocab, merges,
+                          what, err)))
         goto done;
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), *t;
     if (added && !cJSON_IsNull(added) && !cJSON_IsArray(added)) {
@@ -543,43 +997,11 @@ pio_status tok_load_json_file(pio_tokenizer *tok, const char *path, pio_error *e
     st = finish(tok, err);
 done:
     cJSON_Delete(root);
+    free(text);
     return st;
 }
 
 /* ---- vocab.json + merges.txt ------------------------------------------------------------ */
-
-static char *read_text(const char *path, size_t *len, pio_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        pio_error_set(err, PIO_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
-        return NULL;
-    }
-    tok_buf b = {0};
-    char chunk[65536];
-    size_t got;
-    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        if (!tok_buf_append(&b, chunk, got)) {
-            fclose(f);
-            tok_buf_free(&b);
-            oom(err);
-            return NULL;
-        }
-    }
-    bool failed = ferror(f);
-    fclose(f);
-    if (failed || !tok_buf_append(&b, "", 0)) {
-        tok_buf_free(&b);
-        pio_error_set(err, PIO_ERR_IO, "cannot read '%s'", path);
-        return NULL;
-    }
-    *len = b.len;
-    return b.p;
-}
-
-static bool file_exists(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-}
 
 /* transformers' Qwen2 reading of merges.txt: lines stripped, blank lines and a
  * leading "#version" line skipped, two whitespace-separated tokens each. */

@@ -101,14 +101,14 @@ static uint64_t hash_bytes(const char *s, size_t n) {
     return mix64(h ^ w);
 }
 
-static bool strmap_grow(tok_strmap *m) {
-    size_t nslots = m->slots ? (m->mask + 1) * 2 : 64;
-    uint32_t *slots = calloc(nslots, sizeof *slots);
+static bool strmap_rehash(tok_strmap *m, size_t nslots) {
+    tok_strmap_slot *slots = calloc(nslots, sizeof *slots);
     if (!slots) return false;
     for (size_t i = 0; i < m->n; i++) {
-        size_t j = m->entries[i].hash & (nslots - 1);
-        while (slots[j]) j = (j + 1) & (nslots - 1);
-        slots[j] = (uint32_t)i + 1;
+        uint32_t h = m->entries[i].hash;
+        size_t j = h & (nslots - 1);
+        while (slots[j].index) j = (j + 1) & (nslots - 1);
+        slots[j] = (tok_strmap_slot){h, (uint32_t)i + 1};
     }
     free(m->slots);
     m->slots = slots;
@@ -116,15 +116,33 @@ static bool strmap_grow(tok_strmap *m) {
     return true;
 }
 
+static bool strmap_grow(tok_strmap *m) {
+    return strmap_rehash(m, m->slots ? (m->mask + 1) * 2 : 64);
+}
+
+bool tok_strmap_reserve(tok_strmap *m, size_t n) {
+    size_t nslots = 64;
+    while (nslots < 2 * n) nslots *= 2;
+    if (n > m->cap) {
+        struct tok_strmap_entry *e = realloc(m->entries, n * sizeof *e);
+        if (!e) return false;
+        m->entries = e;
+        m->cap = n;
+    }
+    if (m->slots && m->mask + 1 >= nslots) return true;
+    return strmap_rehash(m, nslots);
+}
+
 /* The slot holding key, or the empty slot where it would go. */
 static size_t strmap_find(const tok_strmap *m, const char *key, size_t len, uint32_t hash) {
     size_t j = hash & m->mask;
     for (;;) {
-        uint32_t e = m->slots[j];
-        if (!e) return j;
-        const struct tok_strmap_entry *en = &m->entries[e - 1];
-        if (en->hash == hash && en->len == len && memcmp(m->keys.p + en->off, key, len) == 0)
-            return j;
+        const tok_strmap_slot *sl = &m->slots[j];
+        if (!sl->index) return j;
+        if (sl->hash == hash) {
+            const struct tok_strmap_entry *en = &m->entries[sl->index - 1];
+            if (en->len == len && memcmp(m->keys.p + en->off, key, len) == 0) return j;
+        }
         j = (j + 1) & m->mask;
     }
 }
@@ -136,8 +154,8 @@ bool tok_strmap_put(tok_strmap *m, const char *key, size_t len, int32_t val) {
     }
     uint32_t hash = (uint32_t)hash_bytes(key, len);
     size_t j = strmap_find(m, key, len, hash);
-    if (m->slots[j]) {
-        m->entries[m->slots[j] - 1].val = val;
+    if (m->slots[j].index) {
+        m->entries[m->slots[j].index - 1].val = val;
         return true;
     }
     if (m->n == m->cap) {
@@ -150,14 +168,35 @@ bool tok_strmap_put(tok_strmap *m, const char *key, size_t len, int32_t val) {
     size_t off = m->keys.len;
     if (off > UINT32_MAX - len || !tok_buf_append(&m->keys, key, len)) return false;
     m->entries[m->n] = (struct tok_strmap_entry){(uint32_t)off, (uint32_t)len, hash, val};
-    m->slots[j] = (uint32_t)++m->n;
+    m->slots[j] = (tok_strmap_slot){hash, (uint32_t)++m->n};
     return true;
 }
 
 int32_t tok_strmap_get(const tok_strmap *m, const char *key, size_t len) {
+    return tok_strmap_get_h(m, key, len, tok_strmap_hash(key, len));
+}
+
+uint32_t tok_strmap_hash(const char *key, size_t len) {
+    return (uint32_t)hash_bytes(key, len);
+}
+
+int32_t tok_strmap_get_h(const tok_strmap *m, const char *key, size_t len, uint32_t hash) {
     if (!m->slots) return -1;
-    uint32_t e = m->slots[strmap_find(m, key, len, (uint32_t)hash_bytes(key, len))];
+    uint32_t e = m->slots[strmap_find(m, key, len, hash)].index;
     return e ? m->entries[e - 1].val : -1;
+}
+
+void tok_strmap_prefetch(const tok_strmap *m, uint32_t hash, int stage) {
+    if (!m->slots) return;
+    const tok_strmap_slot *sl = &m->slots[hash & m->mask];
+    if (stage == 0) {
+        __builtin_prefetch(sl);
+        return;
+    }
+    if (!sl->index || sl->hash != hash) return;
+    const struct tok_strmap_entry *en = &m->entries[sl->index - 1];
+    if (stage == 1) __builtin_prefetch(en);
+    else __builtin_prefetch(m->keys.p + en->off);
 }
 
 void tok_strmap_free(tok_strmap *m) {
@@ -188,6 +227,27 @@ static bool pairmap_grow(tok_pairmap *m) {
     return true;
 }
 
+bool tok_pairmap_reserve(tok_pairmap *m, size_t n) {
+    size_t cap = m->slots ? m->mask + 1 : 1024;
+    while (cap < 2 * n) cap *= 2;
+    if (m->slots && m->mask + 1 >= cap) return true;
+    tok_pair_slot *old = m->slots;
+    size_t old_cap = old ? m->mask + 1 : 0;
+    tok_pair_slot *slots = malloc(cap * sizeof *slots);
+    if (!slots) return false;
+    for (size_t i = 0; i < cap; i++) slots[i].key = UINT64_MAX;
+    for (size_t i = 0; i < old_cap; i++) {
+        if (old[i].key == UINT64_MAX) continue;
+        size_t j = mix64(old[i].key) & (cap - 1);
+        while (slots[j].key != UINT64_MAX) j = (j + 1) & (cap - 1);
+        slots[j] = old[i];
+    }
+    free(old);
+    m->slots = slots;
+    m->mask = cap - 1;
+    return true;
+}
+
 bool tok_pairmap_put(tok_pairmap *m, int32_t a, int32_t b, int32_t rank, int32_t merged) {
     if (!m->slots || (m->n + 1) * 2 > m->mask + 1) {
         if (!pairmap_grow(m)) return false;
@@ -199,6 +259,10 @@ bool tok_pairmap_put(tok_pairmap *m, int32_t a, int32_t b, int32_t rank, int32_t
     /* A repeated pair takes the later rank, as tokenizers' HashMap collect does. */
     m->slots[j] = (tok_pair_slot){k, rank, merged};
     return true;
+}
+
+void tok_pairmap_prefetch(const tok_pairmap *m, int32_t a, int32_t b) {
+    if (m->slots) __builtin_prefetch(&m->slots[mix64(pair_key(a, b)) & m->mask], 1);
 }
 
 bool tok_pairmap_get(const tok_pairmap *m, int32_t a, int32_t b, int32_t *rank, int32_t *merged) {
@@ -461,12 +525,15 @@ uint32_t tok_byte_to_char(uint8_t b) {
 }
 
 int tok_char_to_byte(uint32_t c) {
+    /* The 68 moved bytes, in order: controls and space, DEL..NBSP, soft hyphen. */
+    static const uint8_t moved[68] = {
+        0,   1,   2,   3,   4,   5,   6,   7,   8,   9,   10,  11,  12,  13,  14,  15,  16,
+        17,  18,  19,  20,  21,  22,  23,  24,  25,  26,  27,  28,  29,  30,  31,  32,  127,
+        128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 138, 139, 140, 141, 142, 143, 144,
+        145, 146, 147, 148, 149, 150, 151, 152, 153, 154, 155, 156, 157, 158, 159, 160, 173};
     if (c < 256) return byte_is_printable(c) ? (int)c : -1;
     if (c >= 256 + 68) return -1;
-    unsigned n = c - 256;
-    for (unsigned b = 0; b < 256; b++)
-        if (!byte_is_printable(b) && n-- == 0) return (int)b;
-    return -1;
+    return moved[c - 256];
 }
 
 /* ---- normalizers ---------------------------------------------------------- */
