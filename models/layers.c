@@ -5,11 +5,18 @@
 #include "cpu_ops.h"
 #include "layers.h"
 
+/* y[i] = x · w[i]ᵀ for weights sharing x, in one run of the pool; in bf16
+ * mode x holds bf16 values (so bf16 dot products apply) and y is rounded. */
+static pio_status build_linears(pio_model *m, const pio_tensor *x, int n,
+                                const pio_tensor *const *w, pio_tensor *const *y, pio_error *err) {
+    pio_status st = pio_cpu_matmul_ex(m->pool, x, n, w, y, m->round_bf16, err);
+    for (int i = 0; st == PIO_OK && m->round_bf16 && i < n; i++) pio_cpu_round_bf16(y[i]);
+    return st;
+}
+
 pio_status pio_build_linear(pio_model *m, const pio_tensor *x, const pio_tensor *w,
                             pio_tensor *y, pio_error *err) {
-    pio_status st = pio_cpu_matmul(m->pool, x, w, y, err);
-    if (st == PIO_OK && m->round_bf16) pio_cpu_round_bf16(y);
-    return st;
+    return build_linears(m, x, 1, &w, &y, err);
 }
 
 pio_status pio_build_norm(pio_model *m, const pio_tensor *x, const pio_tensor *w, float eps,
@@ -61,10 +68,10 @@ pio_status pio_build_attn(pio_model *m, int layer, const pio_attn_weights *w, co
     if (w->wqkv) {
         pio_tensor *parts[3] = {&q, &k, &v};
         if ((st = build_fused_linear(m, h, w->wqkv, PIO_SLOT_QKV, parts, 3, err))) return st;
-    } else if ((st = pio_build_linear(m, h, w->wq, &q, err)) ||
-               (st = pio_build_linear(m, h, w->wk, &k, err)) ||
-               (st = pio_build_linear(m, h, w->wv, &v, err))) {
-        return st;
+    } else {
+        const pio_tensor *ws[3] = {w->wq, w->wk, w->wv};
+        pio_tensor *ys[3] = {&q, &k, &v};
+        if ((st = build_linears(m, h, 3, ws, ys, err))) return st;
     }
 
     /* Per-head views: q [n, n_head, D], k/v [n, n_head_kv, D]. */
@@ -99,8 +106,10 @@ pio_status pio_build_ffn(pio_model *m, const pio_ffn_weights *w, const pio_tenso
     if (w->gate_up) {
         pio_tensor *parts[2] = {&gate, &up};
         st = build_fused_linear(m, h, w->gate_up, PIO_SLOT_GATE_UP, parts, 2, err);
-    } else if ((st = pio_build_linear(m, h, w->gate, &gate, err)) == PIO_OK) {
-        st = pio_build_linear(m, h, w->up, &up, err);
+    } else {
+        const pio_tensor *ws[2] = {w->gate, w->up};
+        pio_tensor *ys[2] = {&gate, &up};
+        st = build_linears(m, h, 2, ws, ys, err);
     }
     if (st || (st = pio_cpu_silu_mul(&gate, &up, &gate, m->round_bf16, err))) return st;
     return pio_build_linear(m, &gate, w->down, out, err);

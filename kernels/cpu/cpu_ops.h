@@ -30,6 +30,16 @@ pio_status pio_cpu_embedding(const pio_tensor *table, const int32_t *ids, int64_
 pio_status pio_cpu_matmul(pio_threadpool *pool, const pio_tensor *x, const pio_tensor *w,
                           pio_tensor *y, pio_error *err);
 
+/* Several weights that share x in one run of the pool: y[i] = x · w[i]ᵀ for
+ * i < n_w (1 to 4; q, k, v or gate, up). x_bf16 (bf16 mode) takes x as
+ * holding bf16 values, as torch's bf16 Linear does: bf16 weights may then use
+ * bf16 dot-product instructions (AVX-512 BF16, AMX), whose products are exact
+ * and whose sums are f32, so results keep f32 accuracy. x values that are not
+ * bf16 are rounded to bf16 on those paths only. */
+pio_status pio_cpu_matmul_ex(pio_threadpool *pool, const pio_tensor *x, int n_w,
+                             const pio_tensor *const *w, pio_tensor *const *y, bool x_bf16,
+                             pio_error *err);
+
 /* y = x / sqrt(mean(x², last dim) + eps) * w    x,y [..., d] f32 (y may be x), w [d] f32|bf16.
  * round_bf16: x̂ rounded to bf16 before the product, product rounded (transformers). */
 pio_status pio_cpu_rmsnorm(pio_threadpool *pool, const pio_tensor *x, const pio_tensor *w,

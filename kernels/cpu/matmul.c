@@ -1,40 +1,97 @@
-/* pio_cpu_matmul: argument checks, work split and ISA dispatch. The arithmetic
- * lives in matmul_avx2.c and matmul_avx512.c. */
+/* pio_cpu_matmul / pio_cpu_matmul_ex: argument checks, work split and ISA
+ * dispatch. The arithmetic lives in matmul_avx2.c, matmul_avx512.c and
+ * matmul_dot_avx512.c. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu_features.h"
 #include "cpu_internal.h"
 #include "matmul_kernels.h"
 
+enum { MAX_W = 4 };
+
 typedef struct {
-    pio_matmul_job job;
-    pio_matmul_kernel kernel;
-    int n_tasks;
+    pio_matmul_job job[MAX_W];
+    pio_matmul_kernel kernel[MAX_W];
+    int64_t first[MAX_W + 1]; /* granule index where each weight's rows begin */
+    int n_w, n_tasks;
 } matmul_ctx;
 
 /* Rows of w per task boundary: a whole register tile, so only the last task
- * of a call ever has a partial one. */
+ * of a weight ever has a partial one. */
 enum { ROW_GRANULE = 4 };
 
+/* A task covers a range of granules of the weights laid end to end: one run
+ * of the pool serves several weights that share x (q, k, v; gate, up). */
 static void matmul_task(void *arg, int task, int thread) {
     (void)thread;
     const matmul_ctx *c = arg;
-    int64_t m0, m1;
-    pio_cpu_task_range(c->job.m, c->n_tasks, task, ROW_GRANULE, &m0, &m1);
-    if (m0 < m1) c->kernel(&c->job, m0, m1);
+    int64_t g0, g1;
+    pio_cpu_task_range(c->first[c->n_w], c->n_tasks, task, 1, &g0, &g1);
+    for (int i = 0; i < c->n_w; i++) {
+        int64_t lo = g0 > c->first[i] ? g0 : c->first[i];
+        int64_t hi = g1 < c->first[i + 1] ? g1 : c->first[i + 1];
+        if (lo >= hi) continue;
+        int64_t m0 = (lo - c->first[i]) * ROW_GRANULE, m1 = (hi - c->first[i]) * ROW_GRANULE;
+        if (m1 > c->job[i].m) m1 = c->job[i].m;
+        c->kernel[i](&c->job[i], m0, m1);
+    }
 }
 
-static pio_matmul_kernel pick_kernel(pio_dtype w_dtype) {
+static pio_matmul_kernel pick_kernel(pio_dtype w_dtype, bool dot) {
     bool bf16 = w_dtype == PIO_BF16;
-    if (pio_cpu_level_get() == PIO_CPU_AVX512)
-        return bf16 ? pio_matmul_bf16_avx512 : pio_matmul_f32_avx512;
+    pio_cpu_level level = pio_cpu_level_get();
+    if (dot && bf16 && level >= PIO_CPU_AVX512_BF16) return pio_matmul_bf16dot_avx512;
+    if (level >= PIO_CPU_AVX512) return bf16 ? pio_matmul_bf16_avx512 : pio_matmul_f32_avx512;
     return bf16 ? pio_matmul_bf16_avx2 : pio_matmul_f32_avx2;
 }
 
-/* x [..., k] and y [..., m] share their leading dimensions (n is their product),
- * so callers can pass [n, heads, head_dim] activations without a view. */
-pio_status pio_cpu_matmul(pio_threadpool *pool, const pio_tensor *x, const pio_tensor *w,
-                          pio_tensor *y, pio_error *err) {
+/* ---- x in bf16 for the dot-product kernels ------------------------------------ */
+
+/* Grown, never shrunk, one per calling thread: steady-state decode allocates
+ * nothing. Reachable through the static pointer, so leak checkers stay quiet. */
+static _Thread_local uint16_t *xb_buf;
+static _Thread_local size_t xb_cap;
+
+typedef struct {
+    const float *x;
+    uint16_t *xb;
+    int64_t n, k;
+    int n_tasks;
+} convert_ctx;
+
+static void convert_task(void *arg, int task, int thread) {
+    (void)thread;
+    const convert_ctx *c = arg;
+    int64_t r0, r1;
+    pio_cpu_task_range(c->n, c->n_tasks, task, 1, &r0, &r1);
+    pio_to_bf16_avx512(c->x + r0 * c->k, c->xb + r0 * c->k, (r1 - r0) * c->k);
+}
+
+static const uint16_t *x_to_bf16(pio_threadpool *pool, const float *x, int64_t n, int64_t k,
+                                 pio_error *err) {
+    size_t need = (size_t)(n * k);
+    if (need > xb_cap) {
+        free(xb_buf);
+        xb_cap = 0;
+        xb_buf = aligned_alloc(64, (need * 2 + 63) & ~(size_t)63);
+        if (!xb_buf) {
+            pio_error_set(err, PIO_ERR_OOM, "matmul: out of memory for %lld bf16 activations",
+                          (long long)need);
+            return NULL;
+        }
+        xb_cap = need;
+    }
+    convert_ctx c = {x, xb_buf, n, k, 1};
+    c.n_tasks = pio_cpu_n_tasks(pool, n, (65536 + k - 1) / k);
+    pio_threadpool_run(pool, c.n_tasks, convert_task, &c);
+    return xb_buf;
+}
+
+/* ---- entry points ------------------------------------------------------------------ */
+
+static pio_status check_one(const pio_tensor *x, const pio_tensor *w, const pio_tensor *y,
+                            pio_error *err) {
     const char *op = "matmul";
     if (!pio_cpu_check_f32(op, "x", x, err) || !pio_cpu_check_f32_bf16(op, "w", w, err) ||
         !pio_cpu_check_f32(op, "y", y, err))
@@ -50,26 +107,51 @@ pio_status pio_cpu_matmul(pio_threadpool *pool, const pio_tensor *x, const pio_t
         return pio_cpu_shape_error(err, op, "x", x, "y", y, "overlap in memory");
     if (pio_cpu_overlap(w, y))
         return pio_cpu_shape_error(err, op, "w", w, "y", y, "overlap in memory");
+    return PIO_OK;
+}
 
-    matmul_ctx c = {
-        .job = {.x = pio_tensor_data(x),
-                .w = pio_tensor_data(w),
-                .y = pio_tensor_data(y),
-                .n = pio_cpu_rows(x),
-                .k = w->shape[1],
-                .m = w->shape[0]},
-        .kernel = pick_kernel(w->dtype),
-    };
-    if (c.job.n == 0 || c.job.m == 0) return PIO_OK;
-    if (c.job.k == 0) { /* an empty sum */
-        memset(c.job.y, 0, (size_t)(c.job.n * c.job.m) * sizeof(float));
-        return PIO_OK;
+pio_status pio_cpu_matmul_ex(pio_threadpool *pool, const pio_tensor *x, int n_w,
+                             const pio_tensor *const *w, pio_tensor *const *y, bool x_bf16,
+                             pio_error *err) {
+    if (n_w < 1 || n_w > MAX_W)
+        return pio_error_set(err, PIO_ERR_INVALID, "matmul: %d weights (1 to %d share one x)", n_w,
+                             MAX_W);
+    for (int i = 0; i < n_w; i++) {
+        pio_status st = check_one(x, w[i], y[i], err);
+        if (st) return st;
+        for (int j = 0; j < i; j++)
+            if (pio_cpu_overlap(y[i], y[j]))
+                return pio_cpu_shape_error(err, "matmul", "y", y[i], "y", y[j],
+                                           "overlap in memory");
+    }
+    matmul_ctx c = {.n_w = n_w};
+    const int64_t n = pio_cpu_rows(x), k = x->shape[x->ndim - 1];
+    if (n == 0) return PIO_OK;
+    bool dot = false;
+    for (int i = 0; i < n_w; i++) {
+        c.job[i] = (pio_matmul_job){.x = pio_tensor_data(x), .w = pio_tensor_data(w[i]),
+                                    .y = pio_tensor_data(y[i]), .n = n, .k = k,
+                                    .m = w[i]->shape[0]};
+        c.kernel[i] = pick_kernel(w[i]->dtype, x_bf16);
+        dot = dot || c.kernel[i] == pio_matmul_bf16dot_avx512;
+        c.first[i + 1] = c.first[i] + (c.job[i].m + ROW_GRANULE - 1) / ROW_GRANULE;
+        if (k == 0) /* an empty sum */
+            memset(c.job[i].y, 0, (size_t)(n * c.job[i].m) * sizeof(float));
+    }
+    if (k == 0 || c.first[n_w] == 0) return PIO_OK;
+    if (dot) {
+        const uint16_t *xb = x_to_bf16(pool, c.job[0].x, n, k, err);
+        if (!xb) return err->status;
+        for (int i = 0; i < n_w; i++) c.job[i].xb = xb;
     }
     /* A task should do at least ~64K multiply-adds, or waking threads costs more than it saves. */
-    int64_t macs_per_row = c.job.n * c.job.k;
-    int64_t min_rows = (65536 + macs_per_row - 1) / macs_per_row;
-    c.n_tasks = pio_cpu_n_tasks(pool, (c.job.m + ROW_GRANULE - 1) / ROW_GRANULE,
-                                (min_rows + ROW_GRANULE - 1) / ROW_GRANULE);
+    int64_t macs_per_granule = n * k * ROW_GRANULE;
+    c.n_tasks = pio_cpu_n_tasks(pool, c.first[n_w], (65536 + macs_per_granule - 1) / macs_per_granule);
     pio_threadpool_run(pool, c.n_tasks, matmul_task, &c);
     return PIO_OK;
+}
+
+pio_status pio_cpu_matmul(pio_threadpool *pool, const pio_tensor *x, const pio_tensor *w,
+                          pio_tensor *y, pio_error *err) {
+    return pio_cpu_matmul_ex(pool, x, 1, &w, &y, false, err);
 }

@@ -73,8 +73,38 @@ static ALWAYS_INLINE void tile(const pio_matmul_job *J, int64_t i0, int nx, int6
     }
 }
 
+/* Decode: w rows m0..m1-1 lie one after another in memory; reading them one
+ * row at a time makes a single sequential stream, which the prefetchers
+ * follow better than four interleaved short ones (bf16 lm_head at k = 1024:
+ * 21 → 30 GB/s on the 2-core Zen 4). */
+static ALWAYS_INLINE void matvec(const pio_matmul_job *J, int64_t m0, int64_t m1, int bf16) {
+    const int64_t k = J->k;
+    const size_t w_row_bytes = (size_t)k * (bf16 ? 2 : 4);
+    const int64_t k64 = k & ~(int64_t)63;
+    for (int64_t j = m0; j < m1; j++) {
+        const void *w = (const char *)J->w + (size_t)j * w_row_bytes;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int64_t kk = 0;
+        for (; kk < k64; kk += 64) {
+            a0 = _mm512_fmadd_ps(load16(J->x, kk, 0xffff, 0), load16(w, kk, 0xffff, bf16), a0);
+            a1 = _mm512_fmadd_ps(load16(J->x, kk + 16, 0xffff, 0), load16(w, kk + 16, 0xffff, bf16), a1);
+            a2 = _mm512_fmadd_ps(load16(J->x, kk + 32, 0xffff, 0), load16(w, kk + 32, 0xffff, bf16), a2);
+            a3 = _mm512_fmadd_ps(load16(J->x, kk + 48, 0xffff, 0), load16(w, kk + 48, 0xffff, bf16), a3);
+        }
+        for (; kk < k; kk += 16) {
+            __mmask16 m = k - kk >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (k - kk)) - 1);
+            a0 = _mm512_fmadd_ps(load16(J->x, kk, m, 0), load16(w, kk, m, bf16), a0);
+        }
+        J->y[j] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    }
+}
+
 /* x blocks in L2, groups of TW w rows in L1 (as in matmul_avx2.c). */
 static ALWAYS_INLINE void run(const pio_matmul_job *J, int64_t m0, int64_t m1, int bf16) {
+    if (J->n == 1) {
+        matvec(J, m0, m1, bf16);
+        return;
+    }
     const int64_t block = pio_matmul_x_block(J->k, TX);
     for (int64_t ib = 0; ib < J->n; ib += block) {
         int64_t ie = ib + block < J->n ? ib + block : J->n;

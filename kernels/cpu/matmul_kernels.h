@@ -8,6 +8,7 @@
 /* y[n, m] = x[n, k] · w[m, k]ᵀ, all contiguous row-major. */
 typedef struct pio_matmul_job {
     const float *x; /* [n, k] */
+    const uint16_t *xb; /* [n, k] x rounded to bf16, for the bf16 dot-product kernels */
     const void *w;  /* [m, k] f32 or bf16 (the kernel's name says which) */
     float *y;       /* [n, m] */
     int64_t n, k, m;
@@ -21,6 +22,10 @@ void pio_matmul_f32_avx2(const pio_matmul_job *job, int64_t m0, int64_t m1);
 void pio_matmul_bf16_avx2(const pio_matmul_job *job, int64_t m0, int64_t m1);
 void pio_matmul_f32_avx512(const pio_matmul_job *job, int64_t m0, int64_t m1);
 void pio_matmul_bf16_avx512(const pio_matmul_job *job, int64_t m0, int64_t m1);
+/* bf16 x (job->xb) · bf16 w with vdpbf16ps (AVX-512 BF16). */
+void pio_matmul_bf16dot_avx512(const pio_matmul_job *job, int64_t m0, int64_t m1);
+/* n f32 → bf16, round to nearest even (AVX-512 BF16). */
+void pio_to_bf16_avx512(const float *src, uint16_t *dst, int64_t n);
 
 /* Rows of x per cache block: a block of about 256 KiB stays in L2 while every
  * group of w rows of a task passes over it; a multiple of `tile`, at least one tile. */

@@ -294,7 +294,7 @@ static void grouped_task(void *arg, int task, int thread) {
 
 static pio_matmul_kernel pick_kernel(pio_dtype w_dtype) { /* as pio_cpu_matmul's */
     bool bf16 = w_dtype == PIO_BF16;
-    if (pio_cpu_level_get() == PIO_CPU_AVX512)
+    if (pio_cpu_level_get() >= PIO_CPU_AVX512)
         return bf16 ? pio_matmul_bf16_avx512 : pio_matmul_f32_avx512;
     return bf16 ? pio_matmul_bf16_avx2 : pio_matmul_f32_avx2;
 }

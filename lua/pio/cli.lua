@@ -214,6 +214,118 @@ Forward passes alone are timed: no tokenizing, no sampling.
   run = function(args, name) return require("pio.bench").main(args, name, M) end,
 }
 
+-- ---- test ----------------------------------------------------------------------------------
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function read_lines(cmd)
+  local p = io.popen(cmd)
+  if not p then return {} end
+  local out = {}
+  for line in p:lines() do out[#out + 1] = line end
+  p:close()
+  return out
+end
+
+-- The source tree's specs and the #tags their describe/it names carry.
+local function spec_tags(root)
+  local tags, seen = {}, {}
+  for _, path in ipairs(read_lines("ls " .. shell_quote(root .. "/tests/spec") .. "/*_spec.lua 2>/dev/null")) do
+    local f = io.open(path, "r")
+    if f then
+      for line in f:lines() do
+        if line:match("describe%s*%(") or line:match("%f[%w]it%s*%(") then
+          for text in line:gmatch('"([^"]*)"') do -- tags live in the names: "pio.Model #qwen3"
+            for tag in text:gmatch("#([%a][%w_]*)") do
+              if not seen[tag] then seen[tag], tags[#tags + 1] = true, tag end
+            end
+          end
+        end
+      end
+      f:close()
+    end
+  end
+  table.sort(tags)
+  return tags
+end
+
+-- run_all_project_tests / run_model_tests(name), as the seed has them: busted
+-- over tests/spec from the source tree, whatever the current directory, with
+-- this pio as the interpreter (so the specs test the host that runs them).
+local function run_test(args, name)
+  local opts, pos = M.parse(args, {
+    ["-h"] = { key = "help", kind = "flag" }, ["--help"] = { key = "help", kind = "flag" },
+    ["--list"] = { key = "list", kind = "flag" },
+    ["-o"] = { key = "output", kind = "string" }, ["--output"] = { key = "output", kind = "string" },
+  })
+  if not opts then
+    say("pio %s: %s", name, pos)
+    say("Try 'pio %s --help' for usage.", name)
+    return 2
+  end
+  if opts.help then
+    io.write(M.help(name))
+    return 0
+  end
+  if #pos > 1 then
+    say("pio %s: unexpected argument '%s'", name, pos[2])
+    return 2
+  end
+  local core = require "pio.core"
+  local root = os.getenv("PIO_SOURCE_DIR")
+  if root == nil or root == "" then root = core.source_dir end
+  local tag = pos[1]
+  if tag then
+    -- a plugin's name stands for its model family
+    local ok, plugins = pcall(require, "pio.plugins")
+    if ok and plugins.factories then
+      for _, d in ipairs(core.plugin_descriptors()) do
+        if d.name == tag then tag = d.model_family end
+      end
+    end
+    local tags = spec_tags(root)
+    local known = false
+    for _, t in ipairs(tags) do known = known or t == tag end
+    if not known then
+      say("pio %s: no tests are tagged '%s' (tags: %s)", name, pos[1], table.concat(tags, ", "))
+      return 2
+    end
+  end
+  local busted = read_lines("command -v busted")[1]
+  if not busted then
+    say("pio %s: busted is not installed (scripts/install-deps.sh installs it)", name)
+    return 1
+  end
+  local build = os.getenv("PIO_BUILD_DIR")
+  if build == nil or build == "" then
+    build = (core.executable() or ""):match("^(.*)/[^/]*$") or (root .. "/build")
+  end
+  local cmd = { "cd", shell_quote(root), "&&", "PIO_BUILD_DIR=" .. shell_quote(build),
+                shell_quote(core.executable()), shell_quote(busted) }
+  if tag then cmd[#cmd + 1] = "--tags=" .. shell_quote(tag) end
+  if opts.list then cmd[#cmd + 1] = "--list" end
+  if opts.output then cmd[#cmd + 1] = "--output=" .. shell_quote(opts.output) end
+  local _, _, code = os.execute(table.concat(cmd, " "))
+  return code or 1
+end
+
+M.commands.test = {
+  synopsis = "test [FAMILY|PLUGIN] [--list] [-o HANDLER]",
+  summary = "run the Lua specs (all of them, or one model family's), from any directory",
+  help = [[
+  FAMILY               a model family's tests only, by busted tag: qwen3, qwen3_moe, ...
+  PLUGIN               a plugin's name stands for its family (qwen3_4b_instruct_2507 → qwen3)
+  --list               list the tests instead of running them
+  -o, --output H       busted output handler (default: the summary, last line N passed, N failed)
+  -h, --help           print this help
+The specs run from the source tree this pio was built from ($PIO_SOURCE_DIR overrides it),
+with this pio as the interpreter and its build directory ($PIO_BUILD_DIR overrides it).
+]],
+  run = run_test,
+}
+
 -- ---- entry points ------------------------------------------------------------------------
 
 local function sorted_names()

@@ -68,4 +68,21 @@ end
 -- assert that nothing leaks.
 pio.debug = { live_tensors = core.live_tensors, heap_bytes = core.heap_bytes }
 
+-- ---- the composition layer: one concept per file in lua/pio/ ------------------------
+
+pio.device = require "pio.device"       -- device facts: pio.device.info("cpu")
+pio.memory = require "pio.memory"       -- budgets, report, refusing what cannot fit
+pio.load = pio.memory.wrap_load(core.load)
+pio.strategy = require "pio.strategy"   -- strategy families, select, model:use
+pio.config = require "pio.config"       -- configs/<plugin>.json
+pio.plugins = require "pio.plugins"     -- the registry, C and Lua plugins
+for factory_name, factory in pairs(pio.plugins.factories) do pio[factory_name] = factory end
+pio.plugin, pio.plugin_descriptors = nil, nil -- the registry's primitives, not API
+pio.decorators = require "pio.decorators"
+pio.decorate = pio.decorators.decorate
+local pipeline = require "pio.pipeline"
+pio.pipeline = pipeline.new
+pio.pipelines = { completion = pipeline.completion, chat = pipeline.chat, batch = pipeline.batch }
+pio.surgery = require "pio.surgery"
+
 return pio

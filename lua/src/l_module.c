@@ -1,5 +1,7 @@
 /* The `pio.core` Lua module: registers every userdata type and the free
  * functions. lua/pio/init.lua builds the public `pio` table on top of it. */
+#include <unistd.h>
+
 #include "lpio.h"
 
 #include "pio/generate.h"
@@ -44,6 +46,15 @@ static int core_architectures(lua_State *L) {
     return 1;
 }
 
+/* The running executable (the `pio` host, or the lua that loaded the module). */
+static int core_executable(lua_State *L) {
+    char path[4096];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+    if (n <= 0) return 0;
+    lua_pushlstring(L, path, (size_t)n);
+    return 1;
+}
+
 /* Test-only accounting, so specs can assert that nothing leaks. */
 static int core_live_tensors(lua_State *L) {
     lua_pushinteger(L, pio_debug_live_tensors());
@@ -59,6 +70,7 @@ int luaopen_pio_core(lua_State *L) {
     static const luaL_Reg funcs[] = {
         {"now", core_now},
         {"architectures", core_architectures},
+        {"executable", core_executable},
         {"live_tensors", core_live_tensors},
         {"heap_bytes", core_heap_bytes},
         {NULL, NULL},
@@ -72,9 +84,13 @@ int luaopen_pio_core(lua_State *L) {
     lua_pushboolean(L, 0);
 #endif
     lua_setfield(L, -2, "cuda_built");
+    lua_pushstring(L, PIO_SOURCE_DIR); /* configs/, tests/ and scripts/ of this build */
+    lua_setfield(L, -2, "source_dir");
     pio_lua_open_tensor(L);
     pio_lua_open_tokenizer(L);
     pio_lua_open_model(L);
     pio_lua_open_safetensors(L);
+    pio_lua_open_strategy(L);
+    pio_lua_open_plugin(L);
     return 1;
 }

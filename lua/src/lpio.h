@@ -19,6 +19,8 @@ void pio_lua_open_tensor(lua_State *L);
 void pio_lua_open_tokenizer(lua_State *L);
 void pio_lua_open_model(lua_State *L);
 void pio_lua_open_safetensors(lua_State *L);
+void pio_lua_open_strategy(lua_State *L);
+void pio_lua_open_plugin(lua_State *L);
 
 /* A tokenizer userdata borrowing tok; the value at index owner is kept alive. */
 struct pio_tokenizer;

@@ -412,19 +412,80 @@ static int load_statement(lua_State *L, int tty) {
     return status;
 }
 
-/* Prints the values left on the stack with the global print (tostring, so
- * tensors show their __tostring). */
+/* The REPL's helpers (lua/pio/repl.lua) live in the registry under this key. */
+#define REPL_KEY "pio.repl"
+
+/* Pushes repl[name] (a function) and returns 1, or pushes nothing and returns 0. */
+static int push_repl_function(lua_State *L, const char *name) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, REPL_KEY) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    int ok = lua_getfield(L, -1, name) == LUA_TFUNCTION;
+    lua_remove(L, -2);
+    if (!ok)
+        lua_pop(L, 1);
+    return ok;
+}
+
+/* Prints the values left on the stack readably: repl.show (tables expanded,
+ * pio objects by their __tostring), else the global print. */
 static void print_results(lua_State *L) {
     int n = lua_gettop(L);
     if (n == 0)
         return;
     luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
-    lua_getglobal(L, "print");
+    if (!push_repl_function(L, "show"))
+        lua_getglobal(L, "print");
     lua_insert(L, 1);
     if (lua_pcall(L, n, 0, 0) != LUA_OK)
-        fprintf(stderr, "error calling 'print' (%s)\n", lua_tostring(L, -1));
+        fprintf(stderr, "error printing the results (%s)\n", lua_tostring(L, -1));
     lua_settop(L, 0);
 }
+
+/* ---- tab completion: readline asks, repl.complete answers ---------------------------- */
+
+static lua_State *g_repl_L;
+
+/* readline calls this with state 0 first, then 1, 2, ... until it returns NULL. */
+static char *completion_generator(const char *text, int state) {
+    static lua_Integer next, count;
+    lua_State *L = g_repl_L;
+    if (state == 0) {
+        count = next = 0;
+        lua_pushnil(L);
+        lua_setfield(L, LUA_REGISTRYINDEX, REPL_KEY ".matches");
+        if (!push_repl_function(L, "complete"))
+            return NULL;
+        lua_pushstring(L, text);
+        if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
+            lua_pop(L, 1);
+            return NULL;
+        }
+        count = (lua_Integer)lua_rawlen(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, REPL_KEY ".matches");
+    }
+    if (next >= count)
+        return NULL;
+    lua_getfield(L, LUA_REGISTRYINDEX, REPL_KEY ".matches");
+    lua_rawgeti(L, -1, ++next);
+    const char *match = lua_tostring(L, -1);
+    char *copy = match ? strdup(match) : NULL; /* readline frees it */
+    lua_pop(L, 2);
+    return copy;
+}
+
+static char **complete_names(const char *text, int start, int end) {
+    (void)start;
+    (void)end;
+    rl_attempted_completion_over = 1;     /* names, never file names */
+    rl_completion_append_character = '\0'; /* "pio.strategy" then "." or ":" */
+    return rl_completion_matches(text, completion_generator);
+}
+
+/* Words end at anything that cannot be inside a dotted name: "m:ge" and
+ * "pio.strategy.kv.p" are completed whole. */
+static char word_breaks[] = " \t\n\"\\'`@$><=;|&{(,+-*/%^#~[]}";
 
 static void repl(lua_State *L) {
     int tty = isatty(STDIN_FILENO);
@@ -433,6 +494,8 @@ static void repl(lua_State *L) {
         fflush(stdout);
         rl_readline_name = PROGNAME;
         rl_event_hook = rl_idle;
+        rl_attempted_completion_function = complete_names;
+        rl_completer_word_break_characters = word_breaks;
         stifle_history(HISTORY_MAX);
         const char *path = history_path();
         if (path != NULL)
@@ -442,6 +505,13 @@ static void repl(lua_State *L) {
     /* Only the REPL has a global `pio`: scripts say `local pio = require "pio"`. */
     if (require_module(L, "pio"))
         lua_setglobal(L, "pio");
+    /* help(x), readable printing and completion (lua/pio/repl.lua) */
+    g_repl_L = L;
+    if (require_module(L, "pio.repl")) {
+        lua_getfield(L, -1, "help");
+        lua_setglobal(L, "help");
+        lua_setfield(L, LUA_REGISTRYINDEX, REPL_KEY);
+    }
     for (;;) {
         int status = load_statement(L, tty);
         if (status == READ_EOF)

@@ -94,28 +94,46 @@ static pio_threadpool *pools[2]; /* 1 and 2 threads */
 
 /* ---- matmul -------------------------------------------------------------- */
 
-static void check_matmul(pio_threadpool *pool, int64_t n, int64_t k, int64_t m, pio_dtype wdt) {
-    pio_tensor *x = R(PIO_F32, n, k), *w = R(wdt, m, k), *y = T(PIO_F32, n, m);
+/* y[i] = x · w[i]ᵀ for n_w weights sharing x (m rows each, m + i·5), as one
+ * pio_cpu_matmul_ex call; with dot (bf16 mode) x is rounded to bf16 first,
+ * as the model's activations are, and the reference sees the same x. */
+static void check_matmul_ex(pio_threadpool *pool, int64_t n, int64_t k, int64_t m, pio_dtype wdt,
+                            int n_w, bool dot) {
+    pio_tensor *x = R(PIO_F32, n, k), *w[4], *y[4];
+    if (dot) pio_cpu_round_bf16(x);
+    for (int i = 0; i < n_w; i++) {
+        w[i] = R(wdt, m + 5 * i, k);
+        y[i] = T(PIO_F32, n, m + 5 * i);
+    }
     pio_error err = {0};
-    pio_status st = pio_cpu_matmul(pool, x, w, y, &err);
+    pio_status st = pio_cpu_matmul_ex(pool, x, n_w, (const pio_tensor *const *)w, y, dot, &err);
     CHECK_MSG(st == PIO_OK, "%s", err.msg);
     int bad = 0;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t j = 0; j < m; j++) {
-            double ref = 0, mag = 0;
-            for (int64_t l = 0; l < k; l++) {
-                double p = (double)get(x, i * k + l) * get(w, j * k + l);
-                ref += p;
-                mag += fabs(p);
+    for (int q = 0; q < n_w; q++) {
+        int64_t mq = m + 5 * q;
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < mq; j++) {
+                double ref = 0, mag = 0;
+                for (int64_t l = 0; l < k; l++) {
+                    double p = (double)get(x, i * k + l) * get(w[q], j * k + l);
+                    ref += p;
+                    mag += fabs(p);
+                }
+                bad += !near(fdata(y[q])[i * mq + j], ref, 2e-6 * mag + 1e-7);
             }
-            bad += !near(fdata(y)[i * m + j], ref, 2e-6 * mag + 1e-7);
-        }
-    CHECK_MSG(bad == 0, "matmul n=%lld k=%lld m=%lld w %s threads=%d (%s): %d wrong", (long long)n,
-              (long long)k, (long long)m, pio_dtype_info(wdt)->name, pio_threadpool_size(pool),
-              pio_cpu_level_name(pio_cpu_level_get()), bad);
+    }
+    CHECK_MSG(bad == 0, "matmul n=%lld k=%lld m=%lld w %s x%d dot=%d threads=%d (%s): %d wrong",
+              (long long)n, (long long)k, (long long)m, pio_dtype_info(wdt)->name, n_w, dot,
+              pio_threadpool_size(pool), pio_cpu_level_name(pio_cpu_level_get()), bad);
     pio_tensor_free(x);
-    pio_tensor_free(w);
-    pio_tensor_free(y);
+    for (int i = 0; i < n_w; i++) {
+        pio_tensor_free(w[i]);
+        pio_tensor_free(y[i]);
+    }
+}
+
+static void check_matmul(pio_threadpool *pool, int64_t n, int64_t k, int64_t m, pio_dtype wdt) {
+    check_matmul_ex(pool, n, k, m, wdt, 1, false);
 }
 
 static void test_matmul_values(void) {
@@ -130,27 +148,41 @@ static void test_matmul_values(void) {
     check_matmul(pools[1], 1, 1000, 1031, PIO_BF16);
     check_matmul(pools[1], 37, 515, 300, PIO_BF16);
     check_matmul(pools[1], 37, 515, 300, PIO_F32);
+    /* bf16 mode (bf16 dot products where the CPU has them), and weights sharing x
+     * in one run, tasks straddling weights. Prompt lengths around the tile and
+     * block sizes (AMX tiles are 16 rows; x blocks are tens of rows). */
+    static const int64_t pn[] = {1, 2, 15, 16, 17, 33, 100, 161};
+    for (int p = 0; p < 2; p++)
+        for (size_t a = 0; a < sizeof pn / sizeof pn[0]; a++) {
+            check_matmul_ex(pools[p], pn[a], 64, 37, PIO_BF16, 1, true);
+            check_matmul_ex(pools[p], pn[a], 1000, 35, PIO_BF16, 3, true);
+            check_matmul_ex(pools[p], pn[a], 96, 64, PIO_BF16, 2, true);
+        }
+    check_matmul_ex(pools[1], 4, 33, 19, PIO_BF16, 4, true);
+    check_matmul_ex(pools[1], 5, 130, 67, PIO_F32, 3, true); /* f32 weights: no bf16 path */
+    check_matmul_ex(pools[1], 5, 130, 67, PIO_F32, 2, false);
+    check_matmul_ex(pools[1], 300, 2050, 40, PIO_BF16, 2, true); /* several x blocks */
+    check_matmul_ex(pools[1], 1, 4096, 257, PIO_BF16, 1, true);
 }
 
-/* The value checks on the AVX2 baseline (forced) and on AVX-512 if present. */
+/* The value checks on every dispatch level this CPU has, from the forced AVX2
+ * baseline up (PIO_CPU caps the level). */
 static void test_matmul_dispatch(void) {
     const char *outer = getenv("PIO_CPU");
     char *saved = outer ? strdup(outer) : NULL;
-
-    setenv("PIO_CPU", "avx2", 1);
-    CHECK(pio_cpu_features_reinit() == PIO_CPU_AVX2);
-    test_matmul_values();
-    printf("matmul checked on avx2\n");
-
+    static const char *const names[] = {"avx2", "avx512", "avx512bf16", "amx"};
+    pio_cpu_level top = pio_cpu_level_max();
     /* Someone who forced avx2 (valgrind cannot run AVX-512) keeps it. */
-    if (!(saved && strcmp(saved, "avx2") == 0)) {
-        unsetenv("PIO_CPU");
-        if (pio_cpu_features_reinit() == PIO_CPU_AVX512) {
-            test_matmul_values();
-            printf("matmul checked on avx512\n");
-        } else {
-            printf("matmul: this CPU has no AVX-512, checked avx2 only\n");
+    if (saved && strcmp(saved, "avx2") == 0) top = PIO_CPU_AVX2;
+    for (int lv = PIO_CPU_AVX2; lv <= (int)PIO_CPU_AMX; lv++) {
+        if (lv > (int)top) {
+            printf("matmul: this CPU has no %s, not checked\n", names[lv]);
+            continue;
         }
+        setenv("PIO_CPU", names[lv], 1);
+        CHECK(pio_cpu_features_reinit() == (pio_cpu_level)lv);
+        test_matmul_values();
+        printf("matmul checked on %s\n", names[lv]);
     }
     if (saved)
         setenv("PIO_CPU", saved, 1);
@@ -174,6 +206,20 @@ static void test_matmul_rejects(void) {
     CHECK(pio_cpu_matmul(pools[0], x, wf16, y, &err) == PIO_ERR_INVALID);
     CHECK_ERR(err, "f16");
     CHECK(pio_cpu_matmul(pools[0], x, w2, x, &err) == PIO_ERR_INVALID); /* y must not alias x */
+    /* Several weights: each is checked, outputs must not overlap, 1 to 4 of them. */
+    pio_tensor *y5 = T(PIO_F32, 3, 5);
+    const pio_tensor *ws[5] = {w2, w, w2, w2, w2};
+    pio_tensor *ys[5] = {y, y5, y5, y5, y5};
+    CHECK(pio_cpu_matmul_ex(pools[0], x, 2, ws, ys, true, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "[5, 8]");
+    ws[1] = w2;
+    CHECK(pio_cpu_matmul_ex(pools[0], x, 2, ws, (pio_tensor *[]){y, y}, true, &err) ==
+          PIO_ERR_INVALID);
+    CHECK_ERR(err, "overlap in memory");
+    CHECK(pio_cpu_matmul_ex(pools[0], x, 5, ws, ys, true, &err) == PIO_ERR_INVALID);
+    CHECK_ERR(err, "matmul: 5 weights (1 to 4 share one x)");
+    CHECK(pio_cpu_matmul_ex(pools[0], x, 0, ws, ys, true, &err) == PIO_ERR_INVALID);
+    pio_tensor_free(y5);
     pio_tensor_free(x);
     pio_tensor_free(w);
     pio_tensor_free(y);
@@ -762,7 +808,7 @@ int main(void) {
     const char *no_bench = getenv("PIO_TEST_NO_BENCH");
     if (!(no_bench && *no_bench && strcmp(no_bench, "0") != 0)) {
         bench_matvec();
-        if (pio_cpu_level_get() == PIO_CPU_AVX512) { /* and the baseline, for comparison */
+        if (pio_cpu_level_get() >= PIO_CPU_AVX512) { /* and the baseline, for comparison */
             setenv("PIO_CPU", "avx2", 1);
             pio_cpu_features_reinit();
             bench_matvec();

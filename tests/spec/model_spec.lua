@@ -62,7 +62,7 @@ local function file_size(path)
   return n
 end
 
-describe("pio.load", function()
+describe("pio.load #qwen3", function()
   it("loads a hand-made checkpoint", function()
     local m = assert(pio.load(write_checkpoint(tmp .. "/ok", tensors_of_tiny()), { dtype = "f32" }))
     assert.same({ 3, 16 }, m:logits({ 1, 2, 3 }):shape())
@@ -193,7 +193,7 @@ describe("pio.load", function()
   end)
 end)
 
-describe("pio.Model", function()
+describe("pio.Model #qwen3", function()
   local m
   setup(function() m = assert(pio.load(tiny, { dtype = "f32" })) end)
 

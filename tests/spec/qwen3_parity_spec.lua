@@ -117,7 +117,7 @@ for _, name in ipairs(NAMES) do
     local ref = read_json(dir .. "/reference.json")
     local vocab = math.tointeger(ref.config.vocab_size)
 
-    describe("qwen3 parity: " .. name, function()
+    describe("qwen3 parity: " .. name .. " #qwen3", function()
         local expected -- name -> pio.Tensor, from reference.safetensors
         local model -- the fixture loaded in f32 (logits, greedy, tokenizer)
 
