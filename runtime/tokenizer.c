@@ -61,12 +61,31 @@ pio_tokenizer *pio_tokenizer_load(const char *path, pio_error *err) {
         }
     }
     free(file);
+    if (!st) {
+        /* The directory: the path, or the part of it before the last '/'. */
+        size_t n = strlen(path);
+        if (!S_ISDIR(sb.st_mode)) {
+            while (n > 0 && path[n - 1] != '/') n--;
+            while (n > 1 && path[n - 1] == '/') n--;
+        }
+        tok->dir = malloc(n + 2);
+        if (!tok->dir) st = pio_error_set(err, PIO_ERR_OOM, "out of memory loading tokenizer");
+        else if (n == 0) strcpy(tok->dir, ".");
+        else {
+            memcpy(tok->dir, path, n);
+            tok->dir[n] = '\0';
+        }
+    }
     if (st) {
         tok_free_parts(tok);
         free(tok);
         return NULL;
     }
     return tok;
+}
+
+const char *pio_tokenizer_dir(const pio_tokenizer *tok) {
+    return tok->dir;
 }
 
 void pio_tokenizer_free(pio_tokenizer *tok) {
@@ -291,6 +310,12 @@ static pio_status on_raw_text(enc_ctx *c, const char *s, size_t n, pio_error *er
 
 pio_status pio_tokenizer_encode(const pio_tokenizer *tok, const char *text, size_t len,
                                 bool parse_special, int32_t **ids, size_t *n, pio_error *err) {
+    return pio_tokenizer_encode_ex(tok, text, len, parse_special, false, ids, n, err);
+}
+
+pio_status pio_tokenizer_encode_ex(const pio_tokenizer *tok, const char *text, size_t len,
+                                   bool parse_special, bool add_special, int32_t **ids, size_t *n,
+                                   pio_error *err) {
     *ids = NULL;
     *n = 0;
     if (!text && len) return pio_error_set(err, PIO_ERR_INVALID, "encode: text is NULL");
@@ -300,7 +325,11 @@ pio_status pio_tokenizer_encode(const pio_tokenizer *tok, const char *text, size
     tok_ids out = {0};
     enc_ctx c = {.tok = tok, .parse_special = parse_special, .out = &out};
     pio_status st = tok_match_state_init(&c.ms, err);
+    for (size_t i = 0; add_special && !st && i < tok->post_prefix.len; i++)
+        if (!tok_ids_push(&out, tok->post_prefix.p[i])) st = oom(err);
     if (!st && len) st = split_added(&c, &tok->raw_trie, text, len, on_raw_text, err);
+    for (size_t i = 0; add_special && !st && i < tok->post_suffix.len; i++)
+        if (!tok_ids_push(&out, tok->post_suffix.p[i])) st = oom(err);
     size_t count = out.len;
     if (!st && !out.p && !tok_ids_push(&out, 0)) st = oom(err); /* never hand back NULL */
     tok_match_state_free(&c.ms);

@@ -267,6 +267,8 @@ struct pio_tokenizer {
     size_t n_pre;
     tok_decoder_kind decoder;
     char byte_char[256][3];  /* byte -> its byte-level character: length, UTF-8 */
+    tok_ids post_prefix, post_suffix; /* the post-processor's special tokens */
+    char *dir;             /* the directory the files came from */
 
     tok_added *added;
     size_t n_added;

@@ -201,18 +201,110 @@ static pio_status parse_decoder(pio_tokenizer *tok, const cJSON *n, const char *
     return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: unsupported decoder '%s'", what, type);
 }
 
-/* pio's encode is tokenizers' encode(text, add_special_tokens=False): chat
- * templates place BOS and the like. Post-processors only add such tokens (and
- * offsets), so the known ones are accepted and have no effect. */
-static pio_status check_post_processor(const cJSON *n, const char *what, pio_error *err) {
-    static const char *const known[] = {"ByteLevel", "TemplateProcessing", "RobertaProcessing",
-                                        "BertProcessing", "Sequence"};
+/* The post-processor: the special tokens tokenizers' encode(text,
+ * add_special_tokens=True) puts around a single sequence. pio's plain encode
+ * leaves them out (add_special_tokens=False), since chat templates place BOS
+ * and the like themselves; pio_tokenizer_encode_ex adds them on request. Only
+ * ids matter here, so ByteLevel (offsets only) adds nothing. */
+static pio_status add_ids(tok_ids *v, const int32_t *ids, size_t n, pio_error *err) {
+    for (size_t i = 0; i < n; i++)
+        if (!tok_ids_push(v, ids[i])) return oom(err);
+    return PIO_OK;
+}
+
+/* ["<s>", 0] as Roberta/Bert processors spell a token. */
+static pio_status pair_token(const cJSON *n, const char *key, int32_t *id, const char *what,
+                             pio_error *err) {
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(n, key);
+    if (!cJSON_IsArray(p) || cJSON_GetArraySize(p) != 2 || !cJSON_IsNumber(cJSON_GetArrayItem(p, 1)))
+        return pio_error_set(err, PIO_ERR_FORMAT, "%s: post_processor needs '%s' as [token, id]", what,
+                             key);
+    double v = cJSON_GetArrayItem(p, 1)->valuedouble;
+    if (!(v >= 0 && v < TOK_MAX_ID) || v != (double)(int32_t)v)
+        return pio_error_set(err, PIO_ERR_FORMAT, "%s: post_processor '%s' has invalid id %g", what, key, v);
+    *id = (int32_t)v;
+    return PIO_OK;
+}
+
+static pio_status template_ids(const cJSON *n, const char *name, tok_ids *out, const char *what,
+                               pio_error *err) {
+    const cJSON *specials = cJSON_GetObjectItemCaseSensitive(n, "special_tokens");
+    const cJSON *tok = cJSON_GetObjectItemCaseSensitive(specials, name);
+    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(tok, "ids"), *it;
+    if (!cJSON_IsArray(ids))
+        return pio_error_set(err, PIO_ERR_FORMAT, "%s: TemplateProcessing special token '%s' has no ids",
+                             what, name);
+    cJSON_ArrayForEach(it, ids) {
+        if (!cJSON_IsNumber(it) || !(it->valuedouble >= 0 && it->valuedouble < TOK_MAX_ID))
+            return pio_error_set(err, PIO_ERR_FORMAT, "%s: TemplateProcessing special token '%s' has an invalid id",
+                                 what, name);
+        if (!tok_ids_push(out, (int32_t)it->valuedouble)) return oom(err);
+    }
+    return PIO_OK;
+}
+
+/* Wraps the current (prefix, suffix) in one more processor's. */
+static pio_status parse_post_processor(pio_tokenizer *tok, const cJSON *n, const char *what,
+                                       pio_error *err) {
     if (!n || cJSON_IsNull(n)) return PIO_OK;
     const char *type = type_of(n);
-    for (size_t i = 0; type && i < sizeof known / sizeof known[0]; i++)
-        if (!strcmp(type, known[i])) return PIO_OK;
-    return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: unsupported post_processor '%s'", what,
-                         type ? type : "?");
+    if (!type) return pio_error_set(err, PIO_ERR_FORMAT, "%s: post_processor without a type", what);
+    if (!strcmp(type, "ByteLevel")) return PIO_OK;
+    if (!strcmp(type, "Sequence")) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(n, "processors"), *item;
+        if (!cJSON_IsArray(list))
+            return pio_error_set(err, PIO_ERR_FORMAT, "%s: post_processor Sequence needs 'processors'", what);
+        cJSON_ArrayForEach(item, list) {
+            pio_status st = parse_post_processor(tok, item, what, err);
+            if (st) return st;
+        }
+        return PIO_OK;
+    }
+    tok_ids pre = {0}, post = {0};
+    pio_status st = PIO_OK;
+    if (!strcmp(type, "RobertaProcessing") || !strcmp(type, "BertProcessing")) {
+        int32_t cls, sep;
+        if (!(st = pair_token(n, "cls", &cls, what, err)) && !(st = pair_token(n, "sep", &sep, what, err)) &&
+            (!tok_ids_push(&pre, cls) || !tok_ids_push(&post, sep)))
+            st = oom(err);
+    } else if (!strcmp(type, "TemplateProcessing")) {
+        const cJSON *single = cJSON_GetObjectItemCaseSensitive(n, "single"), *piece;
+        if (!cJSON_IsArray(single))
+            return pio_error_set(err, PIO_ERR_FORMAT, "%s: TemplateProcessing needs 'single'", what);
+        bool seen = false;
+        cJSON_ArrayForEach(piece, single) {
+            const cJSON *sp = cJSON_GetObjectItemCaseSensitive(piece, "SpecialToken");
+            const cJSON *seq = cJSON_GetObjectItemCaseSensitive(piece, "Sequence");
+            const cJSON *id = cJSON_GetObjectItemCaseSensitive(sp ? sp : seq, "id");
+            if (!cJSON_IsString(id)) {
+                st = pio_error_set(err, PIO_ERR_FORMAT, "%s: TemplateProcessing piece without an id", what);
+            } else if (sp) {
+                st = template_ids(n, id->valuestring, seen ? &post : &pre, what, err);
+            } else if (seq && !strcmp(id->valuestring, "A") && !seen) {
+                seen = true;
+            } else {
+                st = pio_error_set(err, PIO_ERR_UNSUPPORTED,
+                                   "%s: unsupported TemplateProcessing single piece (sequence '%s')", what,
+                                   id->valuestring);
+            }
+            if (st) break;
+        }
+        if (!st && !seen)
+            st = pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: TemplateProcessing 'single' has no $A", what);
+    } else {
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: unsupported post_processor '%s'", what, type);
+    }
+    /* new prefix = pre + old prefix; new suffix = old suffix + post */
+    if (!st) st = add_ids(&pre, tok->post_prefix.p, tok->post_prefix.len, err);
+    if (!st) st = add_ids(&tok->post_suffix, post.p, post.len, err);
+    if (!st) {
+        tok_ids_free(&tok->post_prefix);
+        tok->post_prefix = pre;
+        pre = (tok_ids){0};
+    }
+    tok_ids_free(&pre);
+    tok_ids_free(&post);
+    return st;
 }
 
 static char *read_text(const char *path, size_t *len, pio_error *err) {
@@ -979,7 +1071,7 @@ pio_status tok_load_json_file(pio_tokenizer *tok, const char *path, pio_error *e
     if ((st = parse_normalizer(tok, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), what, err)) ||
         (st = parse_pre_tokenizer(tok, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), what, err)) ||
         (st = parse_decoder(tok, cJSON_GetObjectItemCaseSensitive(root, "decoder"), what, err)) ||
-        (st = check_post_processor(cJSON_GetObjectItemCaseSensitive(root, "post_processor"), what, err)) ||
+        (st = parse_post_processor(tok, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), what, err)) ||
         (st = parse_model(tok, cJSON_GetObjectItemCaseSensitive(root, "model"), text, vocab, merges,
                           what, err)))
         goto done;
@@ -1120,6 +1212,9 @@ done:
 
 void tok_free_parts(pio_tokenizer *tok) {
     tok_bpe_free(&tok->bpe);
+    tok_ids_free(&tok->post_prefix);
+    tok_ids_free(&tok->post_suffix);
+    free(tok->dir);
     free(tok->norm);
     for (size_t i = 0; i < tok->n_pre; i++)
         if (tok->pre[i].has_re) tok_regex_free(&tok->pre[i].re);

@@ -15,7 +15,22 @@ tests/fixtures/tokenizer/synthetic_expected.json
     Qwen3 does not use (ByteLevel's add_prefix_space and regex, NFKC, other
     Split behaviours and invert, lstrip/rstrip/single_word/normalized added
     tokens, ignore_merges, "a b" merges, subword prefix/suffix, unk and byte
-    fallback), with their tokenizer.json inline and expected outputs.
+    fallback, post-processors), with their tokenizer.json inline and expected
+    outputs.
+
+tests/fixtures/tokenizer/glm4/ and glm4_expected.json
+    A tokenizer with the GLM-4 family's pipeline (models.md 4.6): the
+    ChatGLM4 split regex with digits in groups of up to three, ByteLevel, no
+    normalizer, the GLM-4.5/4.7 added tokens in their order after the BPE
+    vocabulary (real GLM-4.7-Flash ids are these plus 154820 - the base here)
+    and a post-processor putting [gMASK]<sop> first. Its vocabulary is
+    trained here (the real one is not available); the directory is laid out
+    as a GLM-4.7-Flash checkpoint ships it (tokenizer.json,
+    tokenizer_config.json, chat_template.jinja -> ../../chat/glm-4.7-flash.jinja).
+    The expected ids cover the corpus, digit runs and GLM's chat markup.
+
+Every entry has "ids" (add_special_tokens=False) and, where the
+post-processor adds tokens, "ids_added" (add_special_tokens=True).
 
 Texts holding U+0000 carry a "*_hex" twin (UTF-8 in hex), because C strings
 from cJSON end at the first NUL.
@@ -31,7 +46,7 @@ REQUIRED_TOKENIZERS = "0.23.3"
 
 import tokenizers  # noqa: E402
 from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models,  # noqa: E402
-                        normalizers, pre_tokenizers, trainers)
+                        normalizers, pre_tokenizers, processors, trainers)
 
 if tokenizers.__version__ != REQUIRED_TOKENIZERS:
     sys.exit(f"need tokenizers=={REQUIRED_TOKENIZERS}, found {tokenizers.__version__}")
@@ -192,10 +207,13 @@ def expect(tok, text):
     tok.encode_special_tokens = True
     plain = tok.encode(text, add_special_tokens=False).ids
     tok.encode_special_tokens = False
+    added = tok.encode(text, add_special_tokens=True).ids
     e = {}
     with_hex(e, "text", text)
     e["ids"] = ids
     e["ids_plain"] = plain
+    if added != ids:
+        e["ids_added"] = added
     with_hex(e, "decoded", tok.decode(ids, skip_special_tokens=False))
     with_hex(e, "decoded_skip", tok.decode(ids, skip_special_tokens=True))
     return e
@@ -366,7 +384,22 @@ def synthetic():
     j["model"]["byte_fallback"] = True
     out.append(("byte_fallback", Tokenizer.from_str(json.dumps(j)), None))
 
-    # 10. Added-token ids that disagree with the file: tokenizers renumbers them.
+    # 10-11. Post-processors: a TemplateProcessing in a Sequence, and Roberta's.
+    j = json.loads(out[0][1].to_str())
+    tp = Tokenizer.from_str(json.dumps(j))
+    ids = {t.content: i for i, t in tp.get_added_tokens_decoder().items()}
+    tp.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<s> <mask> $A <|endoftext|>", pair="<s> $A <|endoftext|> $B:1",
+                                      special_tokens=[("<s>", ids["<s>"]), ("<mask>", ids["<mask>"]),
+                                                      ("<|endoftext|>", ids["<|endoftext|>"])])])
+    out.append(("post_template", tp, None))
+    rb = Tokenizer.from_str(json.dumps(j))
+    rb.post_processor = processors.RobertaProcessing(("<|endoftext|>", ids["<|endoftext|>"]),
+                                                     ("<s>", ids["<s>"]))
+    out.append(("post_roberta", rb, None))
+
+    # 12. Added-token ids that disagree with the file: tokenizers renumbers them.
     j = json.loads(out[0][1].to_str())
     for a in j["added_tokens"]:
         a["id"] += 7
@@ -382,13 +415,95 @@ def synthetic():
             tok = Tokenizer.from_str(json.dumps(j))
         texts = SYN_TEXTS + [SPACES[10]]
         # The Split variants differ only in splitting, the last only in its ids.
-        if not name.startswith("split_") and name != "added_ids_renumbered":
+        if not name.startswith(("split_", "post_")) and name != "added_ids_renumbered":
             texts += CONTRACTIONS[:2] + [CODE[0], CJK[0], EMOJI[1], COMBINING[0], UNICODE_EDGES[0]]
         entries.append({"name": name, "tokenizer": j,
                         "cases": [expect(tok, x) for x in texts]})
     dump(os.path.join(OUT_DIR, "synthetic_expected.json"), {
         "tokenizers_version": tokenizers.__version__,
         "tokenizers": entries,
+    })
+
+
+# ---- GLM-4 -----------------------------------------------------------------------------------
+
+GLM_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+             r"\s*[\r\n]+|\s+(?!\S)|\s+")
+# GLM-4.5/4.7's added tokens in id order ([gMASK] = base + 2, <think> = base + 21, ...).
+GLM_SPECIAL = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
+               "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>",
+               "<|begin_of_video|>", "<|end_of_video|>", "<|begin_of_audio|>", "<|end_of_audio|>",
+               "<|begin_of_transcription|>", "<|end_of_transcription|>", "<|code_prefix|>",
+               "<|code_middle|>", "<|code_suffix|>", "<think>", "</think>", "<tool_call>", "</tool_call>",
+               "<tool_response>", "</tool_response>", "<arg_key>", "</arg_key>", "<arg_value>",
+               "</arg_value>", "/nothink", "<|begin_of_box|>", "<|end_of_box|>", "<|image|>", "<|video|>"]
+GLM_REAL_BASE = 154820  # <|endoftext|> in GLM-4.7-Flash
+
+GLM_TEXTS = [
+    "1234567", "12 345 6789 0", "v1.2.3-rc10", "1,234,567.89", "007 0000 00000", "x" + "9" * 40,
+    "٣٤٥٦ ①②③④ ⅫⅬ ½¾1",
+    "abc123def4567ghi", "一二三123四五", "2024-03-15T09:30:00Z",
+    "[gMASK]<sop><|system|>You are GLM.<|user|>Hi! 12345<|assistant|><think>reason</think>Hello.",
+    "[gMASK]<sop><|user|>weather?<|assistant|></think><tool_call>get_weather<arg_key>city</arg_key>"
+    "<arg_value>東京</arg_value></tool_call><|observation|><tool_response>25°C</tool_response>",
+    "<|user|>/nothink <|begin_of_image|><|image|><|end_of_image|> caption",
+]
+
+
+def make_glm4():
+    bl_alpha = pre_tokenizers.ByteLevel.alphabet()
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(GLM_REGEX), "isolated", invert=False),
+                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok = Tokenizer(models.BPE(ignore_merges=False))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=3000, show_progress=False, initial_alphabet=bl_alpha)
+    tok.train_from_iterator(corpus([]) * 2 + SYN_TEXTS + GLM_TEXTS * 3, trainer)
+    base = tok.get_vocab_size()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in GLM_SPECIAL])
+    ids = {t.content: i for i, t in tok.get_added_tokens_decoder().items()}
+    assert [ids[t] for t in GLM_SPECIAL] == list(range(base, base + len(GLM_SPECIAL)))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[gMASK] <sop> $A", pair="[gMASK] <sop> $A $B",
+        special_tokens=[("[gMASK]", ids["[gMASK]"]), ("<sop>", ids["<sop>"])])
+
+    d = os.path.join(OUT_DIR, "glm4")
+    os.makedirs(d, exist_ok=True)
+    tok.save(os.path.join(d, "tokenizer.json"))
+    config = {
+        "added_tokens_decoder": {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                          "single_word": False, "special": True}
+                                 for t, i in sorted(ids.items(), key=lambda x: x[1])},
+        "clean_up_tokenization_spaces": False,
+        "do_lower_case": False,
+        "eos_token": "<|endoftext|>",
+        "model_max_length": 128000,
+        "pad_token": "<|endoftext|>",
+        "padding_side": "left",
+        "remove_space": False,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    with open(os.path.join(d, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, ensure_ascii=False, indent=2)
+        f.write("\n")
+    link = os.path.join(d, "chat_template.jinja")
+    if not os.path.lexists(link):
+        os.symlink(os.path.join("..", "..", "chat", "glm-4.7-flash.jinja"), link)
+
+    tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))  # as written
+    texts = [PROSE] + CODE + CJK + RTL_INDIC_THAI + EMOJI + COMBINING + DIGITS + SPACES + CONTRACTIONS
+    texts += UNICODE_EDGES + GLM_TEXTS + [LONG[2], LONG[5]]
+    for i, t in enumerate(GLM_SPECIAL):
+        tpls = ADDED_TEMPLATES if i % 6 == 0 else ADDED_TEMPLATES[:3]
+        texts += [tpl.format(t=t) for tpl in tpls]
+    dump(os.path.join(OUT_DIR, "glm4_expected.json"), {
+        "tokenizers_version": tokenizers.__version__,
+        "source": "a tokenizer with GLM-4's pipeline, trained here (see scripts/make_tokenizer_fixtures.py)",
+        "n_vocab": tok.get_vocab_size(),
+        "special_base": base,
+        "real_special_base": GLM_REAL_BASE,
+        "special_ids": {t: ids[t] for t in GLM_SPECIAL},
+        "entries": [expect(tok, t) for t in texts],
     })
 
 
@@ -399,6 +514,7 @@ def main():
         sys.exit(f"Qwen3 tokenizer not found at {path}")
     make_qwen3(path)
     synthetic()
+    make_glm4()
 
 
 if __name__ == "__main__":

@@ -119,17 +119,20 @@ typedef struct tally {
     int entries, exact;
 } tally;
 
-static bool check_encode(const pio_tokenizer *tok, const char *label, const char *text,
-                         size_t len, bool special, const int32_t *want, size_t nwant) {
+static bool check_encode_ex(const pio_tokenizer *tok, const char *label, const char *text,
+                            size_t len, bool special, bool add_special, const int32_t *want,
+                            size_t nwant) {
     int32_t *ids = NULL;
     size_t n = 0;
     pio_error err = {0};
-    pio_status st = pio_tokenizer_encode(tok, text, len, special, &ids, &n, &err);
+    pio_status st = add_special ? pio_tokenizer_encode_ex(tok, text, len, special, true, &ids, &n, &err)
+                                : pio_tokenizer_encode(tok, text, len, special, &ids, &n, &err);
     bool same = st == PIO_OK && n == nwant && (n == 0 || !memcmp(ids, want, n * sizeof *ids));
     if (!same) {
         size_t at = 0;
         while (st == PIO_OK && at < n && at < nwant && ids[at] == want[at]) at++;
-        fprintf(stderr, "%s: encode(%s) differs: '", label, special ? "special" : "plain");
+        fprintf(stderr, "%s: encode(%s%s) differs: '", label, special ? "special" : "plain",
+                add_special ? ", add_special" : "");
         show(text, len);
         fprintf(stderr, "': status %d (%s), got %zu ids, want %zu, first difference at %zu",
                 (int)st, err.msg, n, nwant, at);
@@ -139,6 +142,11 @@ static bool check_encode(const pio_tokenizer *tok, const char *label, const char
     CHECK(same);
     free(ids);
     return same;
+}
+
+static bool check_encode(const pio_tokenizer *tok, const char *label, const char *text,
+                         size_t len, bool special, const int32_t *want, size_t nwant) {
+    return check_encode_ex(tok, label, text, len, special, false, want, nwant);
 }
 
 static bool check_decode(const pio_tokenizer *tok, const char *label, const int32_t *ids,
@@ -201,6 +209,15 @@ static bool check_entry(const pio_tokenizer *tok, const cJSON *e, const char *la
     ok &= check_encode(tok, label, text, len, false, plain, np);
     ok &= check_decode(tok, label, ids, n, false, dec, dl);
     ok &= check_decode(tok, label, ids, n, true, dec_skip, dsl);
+    /* add_special_tokens=True: "ids_added" where the post-processor adds any. */
+    if (cJSON_GetObjectItemCaseSensitive(e, "ids_added")) {
+        size_t na;
+        int32_t *added = fixture_ids(e, "ids_added", &na);
+        ok &= check_encode_ex(tok, label, text, len, true, true, added, na);
+        free(added);
+    } else {
+        ok &= check_encode_ex(tok, label, text, len, true, true, ids, n);
+    }
     free(text);
     free(dec);
     free(dec_skip);
@@ -371,6 +388,62 @@ static void test_qwen3(void) {
            "%d/%d decode cases exact\n", t.exact, t.entries, dexact, dcases);
     throughput(tok, entries);
     qwen3_as_vocab_merges(path, entries);
+    cJSON_Delete(fx);
+    pio_tokenizer_free(tok);
+}
+
+/* ---- GLM-4 ---------------------------------------------------------------------------------- */
+
+/* A directory laid out as GLM-4.7-Flash ships its tokenizer, with GLM-4's
+ * pipeline (digits in groups of up to three, its added tokens, [gMASK]<sop>
+ * from the post-processor): every corpus entry exact. */
+static void test_glm4(void) {
+    pio_error err = {0};
+    const char *dir = PIO_SOURCE_DIR "/tests/fixtures/tokenizer/glm4";
+    pio_tokenizer *tok = pio_tokenizer_load(dir, &err);
+    CHECK_MSG(tok != NULL, "%s", err.msg);
+    cJSON *fx = pio_json_read_file(FIXTURES "glm4_expected.json", &err);
+    CHECK_MSG(fx != NULL, "%s", err.msg);
+    if (!tok || !fx) {
+        pio_tokenizer_free(tok);
+        cJSON_Delete(fx);
+        return;
+    }
+    CHECK(!strcmp(pio_tokenizer_dir(tok), dir));
+    int64_t nv = 0, base = 0;
+    pio_json_int(fx, "n_vocab", true, 0, &nv, "fixture", &err);
+    pio_json_int(fx, "special_base", true, 0, &base, "fixture", &err);
+    CHECK(pio_tokenizer_n_vocab(tok) == nv);
+    const cJSON *sp;
+    int nspecial = 0;
+    cJSON_ArrayForEach(sp, cJSON_GetObjectItemCaseSensitive(fx, "special_ids")) {
+        CHECK_MSG(pio_tokenizer_token_id(tok, sp->string) == (int32_t)sp->valuedouble, "%s", sp->string);
+        CHECK(pio_tokenizer_is_special(tok, (int32_t)sp->valuedouble));
+        nspecial++;
+    }
+    CHECK(nspecial == 36);
+    /* GLM-4.7-Flash's layout: [gMASK] at base + 2, <sop> + 4, <think> + 21, </think> + 22. */
+    CHECK(pio_tokenizer_token_id(tok, "[gMASK]") == base + 2 && pio_tokenizer_token_id(tok, "<sop>") == base + 4);
+    CHECK(pio_tokenizer_token_id(tok, "<think>") == base + 21 && pio_tokenizer_token_id(tok, "</think>") == base + 22);
+    int n = 0, exact = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(fx, "entries")) {
+        char label[64];
+        snprintf(label, sizeof label, "glm4 entry %d", n++);
+        exact += check_entry(tok, e, label);
+    }
+    printf("glm4 pipeline parity: %d/%d corpus entries exact (ids with and without special tokens "
+           "parsed and added, decode, streaming)\n", exact, n);
+    /* Digits go in threes; [gMASK]<sop> come first with add_special. */
+    int32_t *ids = NULL;
+    size_t k = 0;
+    CHECK(pio_tokenizer_encode_ex(tok, "1234567", 7, true, true, &ids, &k, &err) == PIO_OK && k == 5 &&
+          ids[0] == base + 2 && ids[1] == base + 4);
+    if (k == 5) {
+        const char *t2 = pio_tokenizer_token(tok, ids[2]), *t4 = pio_tokenizer_token(tok, ids[4]);
+        CHECK(t2 && !strcmp(t2, "123") && t4 && !strcmp(t4, "7"));
+    }
+    free(ids);
     cJSON_Delete(fx);
     pio_tokenizer_free(tok);
 }
@@ -660,6 +733,31 @@ static void test_errors(void) {
     tok = load_variant("pre_tokenizer", "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"[a-z&&[^aeiou]]+\"}, \"behavior\": \"Isolated\"}", &err);
     CHECK(tok == NULL && err.status == PIO_ERR_UNSUPPORTED);
     CHECK_ERR(err, "nested character classes");
+    tok = load_variant("post_processor", "{\"type\": \"Custom\"}", &err);
+    CHECK(tok == NULL && err.status == PIO_ERR_UNSUPPORTED);
+    CHECK_ERR(err, "tokenizer.json: unsupported post_processor 'Custom'");
+    tok = load_variant("post_processor",
+                       "{\"type\": \"TemplateProcessing\", \"single\": [{\"Sequence\": {\"id\": \"B\", \"type_id\": 0}}],"
+                       " \"special_tokens\": {}}", &err);
+    CHECK(tok == NULL && err.status == PIO_ERR_UNSUPPORTED);
+    CHECK_ERR(err, "unsupported TemplateProcessing single piece (sequence 'B')");
+    tok = load_variant("post_processor",
+                       "{\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": \"<s>\", \"type_id\": 0}},"
+                       " {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], \"special_tokens\": {}}", &err);
+    CHECK(tok == NULL && err.status == PIO_ERR_FORMAT);
+    CHECK_ERR(err, "TemplateProcessing special token '<s>' has no ids");
+    tok = load_variant("model", "{\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b c\"]}", &err);
+    CHECK(tok == NULL && err.status == PIO_ERR_FORMAT);
+    CHECK_ERR(err, "merge 1 is not two tokens separated by a space");
+    tok = load_variant("model", "{\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [[\"a\"]]}", &err);
+    CHECK(tok == NULL && err.status == PIO_ERR_FORMAT);
+    CHECK_ERR(err, "merge 1 is neither \"a b\" nor [\"a\", \"b\"]");
+    tok = load_variant("model", "{\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}, \"merges\": []}", &err);
+    CHECK(tok == NULL && err.status == PIO_ERR_FORMAT);
+    CHECK_ERR(err, "vocab entry 'a' is not a number");
+    tok = load_variant("model", "{\"type\": \"BPE\", \"vocab\": {\"\\ud800\": 0}, \"merges\": []}", &err);
+    CHECK(tok == NULL && err.status == PIO_ERR_FORMAT);
+    CHECK_ERR(err, "invalid JSON in model.vocab at byte");
     tok = load_variant("model", "{\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}", &err);
     CHECK(tok == NULL && err.status == PIO_ERR_FORMAT);
     CHECK_ERR(err, "not in the vocabulary");
@@ -751,6 +849,7 @@ int main(void) {
     test_streaming_bytes();
     test_vocab_merges_dir();
     test_synthetic();
+    test_glm4();
     test_qwen3();
     rmdir(tmpdir);
     TEST_MAIN_END();

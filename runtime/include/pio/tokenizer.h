@@ -37,6 +37,19 @@ int32_t pio_tokenizer_n_vocab(const pio_tokenizer *tok);
 pio_status pio_tokenizer_encode(const pio_tokenizer *tok, const char *text, size_t len,
                                 bool parse_special, int32_t **ids, size_t *n, pio_error *err);
 
+/* pio_tokenizer_encode, and with add_special the special tokens the
+ * post-processor adds around a sequence (TemplateProcessing's single
+ * template, Roberta/Bert's cls and sep), as tokenizers' encode(text,
+ * add_special_tokens=True) does. pio_tokenizer_encode is add_special=false. */
+pio_status pio_tokenizer_encode_ex(const pio_tokenizer *tok, const char *text, size_t len,
+                                   bool parse_special, bool add_special, int32_t **ids, size_t *n,
+                                   pio_error *err);
+
+/* The directory the tokenizer was loaded from: the path itself, or the
+ * directory holding the tokenizer.json file (borrowed). Chat templates and
+ * tokenizer_config.json are looked for there. */
+const char *pio_tokenizer_dir(const pio_tokenizer *tok);
+
 /* Decodes ids to UTF-8 (NUL-terminated, malloc'ed: caller frees). skip_special
  * drops added tokens marked special. An id outside the vocabulary is
  * PIO_ERR_RANGE naming it. */
