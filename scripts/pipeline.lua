@@ -11,41 +11,39 @@ local model_dir = arg[1] or (here .. "/tests/fixtures/qwen3-gqa2")
 local prompt = arg[2] or "The quick brown fox"
 local max_new = tonumber(arg[3] or "32")
 
--- Each stage is a named function; a failure says which stage and why.
-local function run_stages(stages, state)
-  for i, stage in ipairs(stages) do
-    local ok, err = pcall(stage.run, state)
-    if not ok then
-      io.stderr:write(string.format("stage %d (%s): %s\n", i, stage.name, tostring(err)))
-      os.exit(1)
-    end
-  end
-  return state
+local model, err = pio.load(model_dir, { dtype = "bf16" })
+if not model then
+  io.stderr:write("load: ", err, "\n")
+  os.exit(1)
 end
+local info = model:info()
+io.stderr:write(string.format("model: %s, %d layers, %.1f M parameters, %s on %s, %d threads\n",
+  info.architecture, info.n_layer, info.parameters / 1e6, info.dtype, info.device, info.threads))
 
-run_stages({
-  { name = "load", run = function(s)
-      s.model = assert(pio.load(model_dir, { dtype = "bf16" }))
-      local info = s.model:info()
-      io.stderr:write(string.format("model: %s, %d layers, %.1f M parameters, %s on %s, %d threads\n",
-        info.architecture, info.n_layer, info.parameters / 1e6, info.dtype, info.device, info.threads))
-    end },
-  { name = "tokenize", run = function(s)
-      s.ids = s.model.tokenizer:encode(prompt)
-    end },
-  { name = "generate", run = function(s)
-      io.write(prompt)
-      io.flush()
-      for piece in s.model:stream(s.ids, { max_new_tokens = max_new, temperature = 0.8, seed = 42 }) do
-        io.write(piece)
-        io.flush()
-      end
-      io.write("\n")
-    end },
-  { name = "report", run = function(s)
-      local st = s.model:last_stats()
-      io.stderr:write(string.format("[%d prompt tokens at %.1f tok/s; %d new tokens at %.1f tok/s; stop: %s]\n",
-        st.prompt_tokens, st.prompt_tokens_per_second, st.new_tokens, st.tokens_per_second,
-        st.stop_reason or "?"))
-    end },
-}, {})
+-- The completion pipeline's stages (template, tokenize, prefill, decode,
+-- detokenize, postprocess), streaming each piece as it is decoded; a
+-- failure names its stage.
+local pipeline = pio.pipelines.completion(model, {
+  on_piece = function(piece)
+    io.write(piece)
+    io.flush()
+  end,
+})
+pipeline:before("prefill", function()
+  io.write(prompt)
+  io.flush()
+end)
+pipeline:after("detokenize", function(ctx)
+  io.write("\n")
+  local st = ctx.stats
+  io.stderr:write(string.format("[%d prompt tokens at %.1f tok/s; %d new tokens at %.1f tok/s; stop: %s]\n",
+    st.prompt_tokens, st.prompt_tokens_per_second, st.new_tokens, st.tokens_per_second,
+    st.stop_reason or "?"))
+end)
+
+local ok, failure = pcall(pipeline.run, pipeline, prompt, { max_new_tokens = max_new, temperature = 0.8, seed = 42 })
+if not ok then
+  io.stderr:write(tostring(failure), "\n")
+  os.exit(1)
+end
+model:free()

@@ -304,7 +304,8 @@ local function run_test(args, name)
   end
   local cmd = { "cd", shell_quote(root), "&&", "PIO_BUILD_DIR=" .. shell_quote(build),
                 shell_quote(core.executable()), shell_quote(busted) }
-  if tag then cmd[#cmd + 1] = "--tags=" .. shell_quote(tag) end
+  -- busted finds a tag with name:find("#" .. tag): a frontier keeps "qwen3" off "#qwen3_moe".
+  if tag then cmd[#cmd + 1] = "--tags=" .. shell_quote(tag .. "%f[^%w_]") end
   if opts.list then cmd[#cmd + 1] = "--list" end
   if opts.output then cmd[#cmd + 1] = "--output=" .. shell_quote(opts.output) end
   local _, _, code = os.execute(table.concat(cmd, " "))

@@ -43,13 +43,14 @@ function M.read(name)
   return preset
 end
 
-local function copy(v)
+--- A deep copy of v (tables copied all the way down).
+function M.copy(v)
   if type(v) ~= "table" then return v end
   local out = {}
-  for k, x in pairs(v) do out[k] = copy(x) end
+  for k, x in pairs(v) do out[k] = M.copy(x) end
   return out
 end
-M.copy = copy
+local copy = M.copy
 
 --- The defaults of a preset's keys, as a fresh table.
 function M.defaults(preset)

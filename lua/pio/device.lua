@@ -42,7 +42,7 @@ function M.resolve(name)
   name = name or "auto"
   if name == "auto" then return core.cuda_built and "cuda" or "cpu" end
   if name ~= "cpu" and name ~= "cuda" then
-    error(string.format("device must be 'cpu', 'cuda' or 'auto', got '%s'", tostring(name)), 3)
+    error(string.format("device must be 'cpu', 'cuda' or 'auto', got '%s'", tostring(name)), 0)
   end
   return name
 end

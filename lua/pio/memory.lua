@@ -50,10 +50,16 @@ end
 local Budget = {}
 Budget.__index = Budget
 
+-- "11.77 GiB = 0.50 × 23.54 GiB", or "1.00 GiB" for a budget given in bytes.
+local function size_of(b)
+  if not b.max_memory_ratio then return M.format_bytes(b.bytes) end
+  return string.format("%s = %.2f × %s", M.format_bytes(b.bytes), b.max_memory_ratio,
+                       M.format_bytes(b.total))
+end
+
 function Budget:__tostring()
-  return string.format("pio.memory.budget(%s: %s = %.2f × %s, %s free)", self.device,
-                       M.format_bytes(self.bytes), self.max_memory_ratio,
-                       M.format_bytes(self.total), M.format_bytes(self:free()))
+  return string.format("pio.memory.budget(%s: %s, %s free)", self.device, size_of(self),
+                       M.format_bytes(self:free()))
 end
 
 --- Bytes the device's live models take.
@@ -103,7 +109,6 @@ function M.budget(opts)
   if bytes == nil and not total then
     return nil, string.format("pio cannot tell how much memory '%s' has: give bytes =", dev)
   end
-  ratio = ratio or 1
   local b = setmetatable({ device = dev, total = total or bytes, max_memory_ratio = ratio,
                            bytes = bytes or math.floor(total * ratio) }, Budget)
   budgets[dev] = b
@@ -175,8 +180,8 @@ function M.wrap_load(load)
     local model, err = load(path, call)
     if not model then
       if b and call ~= opts and err and err:find("does not fit", 1, true) then
-        err = string.format("%s (%s: %.2f of %s, %s in use)", err, d, b.max_memory_ratio,
-                            M.format_bytes(b.total), M.format_bytes(b:used()))
+        err = string.format("%s (the %s budget: %s; %s in use)", err, d, size_of(b),
+                            M.format_bytes(b:used()))
       end
       return nil, err
     end

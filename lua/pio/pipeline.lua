@@ -261,7 +261,13 @@ function Pipeline:run(input, options, extra)
       error(string.format("stage %d (%s): %s", i, stage.name, message(err)), 0)
     end
   end
+  self.last = ctx
   return ctx.output, ctx
+end
+
+--- Seconds per stage of the last run (what pio.decorators.timing reads).
+function Pipeline:last_timings()
+  return self.last and self.last.timings or nil
 end
 
 -- ---- ready-made pipelines ------------------------------------------------------------
@@ -313,8 +319,16 @@ function Batch:run(inputs, options, extra)
     if not ok then error(string.format("input %d: %s", i, message(out)), 0) end
     outputs[i], contexts[i] = out, ctx
   end
+  local sums = {}
+  for _, ctx in ipairs(contexts) do
+    for stage, seconds in pairs(ctx.timings) do sums[stage] = (sums[stage] or 0) + seconds end
+  end
+  self.last_sums = sums
   return outputs, contexts
 end
+
+--- Seconds per stage of the last run, summed over its inputs.
+function Batch:last_timings() return self.last_sums end
 
 --- pio.pipelines.batch(model, opts): a list of inputs in, a list of outputs out.
 -- (They run one after another; concurrent sequences come with the scheduler.)
