@@ -112,6 +112,19 @@ do
   end
 end
 
+-- Each strategy constructor describes its row of the runtime's table.
+local function strategy_doc(d)
+  local params = {}
+  for _, p in ipairs(d.params) do
+    params[#params + 1] = string.format("  %s: %s (%s in [%g, %g], default %g)", p.name, p.doc,
+                                        p.integer and "an integer" or "a number", p.min, p.max, p.default)
+  end
+  local call = d.composite and "(s1, s2, ...)" or (#d.params > 0 and "{ ... }" or "()")
+  return string.format("pio.strategy.%s.%s%s → pio.Strategy: %s%s%s", d.family, d.name, call,
+                       d.summary, #params > 0 and ("\n" .. table.concat(params, "\n")) or "",
+                       d.not_yet and ("\nnot supported yet: " .. d.not_yet) or "")
+end
+
 -- Where a Lua function is defined: its doc comment (the `--` lines above it).
 local source_cache = {}
 local function doc_comment(f)
@@ -171,6 +184,16 @@ local function names()
   local out = {}
   local pio = pio_table()
   out[pio] = "pio"
+  if type(pio.strategy) == "table" and pio.strategies then -- pio.strategy.<family>.<name>
+    for _, d in ipairs(pio.strategies()) do
+      local ok, f = pcall(function() return pio.strategy[d.family][d.name] end)
+      if ok and f then
+        local name = "pio.strategy." .. d.family .. "." .. d.name
+        out[f] = name
+        M.docs[name] = M.docs[name] or strategy_doc(d)
+      end
+    end
+  end
   for k, v in pairs(pio) do
     if type(k) == "string" then
       local name = "pio." .. k

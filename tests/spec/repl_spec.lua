@@ -38,7 +38,12 @@ describe("help(x) #qwen3", function()
         end
       end
     end
-    assert.is_true(checked > 80)
+    for _, family in ipairs(pio.strategy.families) do
+      for _, name in ipairs(pio.strategy.names(family)) do
+        check("pio.strategy." .. family .. "." .. name, pio.strategy[family][name])
+      end
+    end
+    assert.is_true(checked > 100)
   end)
 
   it("describes every pio object and each of its methods", function()
@@ -76,6 +81,9 @@ describe("help(x) #qwen3", function()
     assert.matches("^pio.create_glm_4_7_flash_plugin%(config%) → a pio.Plugin for GLM%-4.7%-Flash",
       repl.text(pio.create_glm_4_7_flash_plugin))
     assert.matches("^pio %S+: help%(x%) describes any pio value", repl.text())
+    assert.equal("pio.strategy.kv.paged{ ... } → pio.Strategy: fixed-size blocks from one pool, a block table per sequence\n"
+      .. "  block: tokens per block (an integer in [1, 4096], default 16)\n"
+      .. "not supported yet: the paged KV cache is not implemented yet", repl.text(pio.strategy.kv.paged))
   end)
 end)
 
