@@ -12,10 +12,13 @@ local Model = core.Model -- the method table of pio.Model userdata
 -- model that is collected takes its entry with it.
 local last_generation = setmetatable({}, { __mode = "k" })
 
---- Token ids for a prompt: a string goes through the model's tokenizer,
--- a table of ids is used as it is.
-local function prompt_ids(model, prompt)
-  if type(prompt) == "table" then return prompt end
+--- Token ids for a prompt, and the options left for generation: a list of
+-- chat messages (tables or JSON text) goes through the model's chat template
+-- (pio.chat), a string through its tokenizer, a table of ids is used as it is.
+local function prompt_ids(model, prompt, opts)
+  local chat = require "pio.chat"
+  if chat.is_messages(prompt) then return chat.prompt_ids(model, prompt, opts) end
+  if type(prompt) == "table" then return prompt, opts end
   if type(prompt) ~= "string" then
     error("prompt must be a string or a list of token ids, got " .. type(prompt), 3)
   end
@@ -23,13 +26,14 @@ local function prompt_ids(model, prompt)
   if not tok then
     error("this model has no tokenizer: pass token ids instead of text", 3)
   end
-  return tok:encode(prompt)
+  return tok:encode(prompt), opts
 end
 
 --- model:stream(prompt, opts) → an iterator of text pieces as they complete.
 -- After the loop, model:last_stats() describes the run.
 function Model.stream(model, prompt, opts)
-  local gen, err = model:start(prompt_ids(model, prompt), opts)
+  local ids, gen_opts = prompt_ids(model, prompt, opts)
+  local gen, err = model:start(ids, gen_opts)
   if not gen then error(err, 2) end
   last_generation[model] = gen
   return function()
@@ -43,7 +47,8 @@ end
 -- stats: tokens (the new ids), prompt_tokens, new_tokens, prompt_seconds,
 -- gen_seconds, tokens_per_second, stop_reason ("length", "eos", "stop", "context").
 function Model.generate(model, prompt, opts)
-  local gen, err = model:start(prompt_ids(model, prompt), opts)
+  local ids, gen_opts = prompt_ids(model, prompt, opts)
+  local gen, err = model:start(ids, gen_opts)
   if not gen then return nil, err end
   local parts = {}
   while true do
