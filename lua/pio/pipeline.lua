@@ -29,8 +29,9 @@ local function is_ids(x)
   return type(x) == "table" and math.type(x[1]) == "integer"
 end
 
--- The chat template of a model's tokenizer, where it has one.
-local function model_template(ctx)
+-- The chat template of a model's tokenizer, where it has one. Called as
+-- templates are: (messages, ctx).
+local function model_template(_, ctx)
   local tok = ctx.model and ctx.model.tokenizer
   local apply = tok and tok.apply_chat_template
   if not apply then
