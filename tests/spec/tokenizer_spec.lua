@@ -33,7 +33,60 @@ describe("pio.tokenizer", function()
 
     it("rejects invalid UTF-8 and ids outside the vocabulary", function()
       assert.has_error(function() tok:encode("ab\xff") end, "invalid UTF-8 at byte 2")
-      assert.has_error(function() tok:decode({ 1, 5000 }) end)
+      assert.has_error(function() tok:encode("\xe4\xbd") end, "invalid UTF-8 at byte 0")
+      assert.has_error(function() tok:encode("ok \xed\xa0\x80") end, "invalid UTF-8 at byte 3")
+      assert.has_error(function() tok:decode({ 1, 5000 }) end, "token id 5000 is out of range (vocabulary size 389)")
+      assert.has_error(function() tok:decode({ -1 }) end, "token id -1 is out of range (vocabulary size 389)")
+    end)
+
+    it("has the issue's names beside the foundation's", function()
+      assert.equal(385, tok:token_to_id("<|im_start|>"))
+      assert.equal("<|im_start|>", tok:id_to_token(385))
+      assert.is_nil(tok:token_to_id("<|nope|>"))
+      assert.is_nil(tok:id_to_token(389))
+      assert.is_nil(tok:id_to_token(-1))
+      assert.equal(389, tok:vocab_size())
+      assert.is_true(tok:is_special(386))
+      assert.is_false(tok:is_special(387)) -- <think> is not special in Qwen3
+      assert.equal("tests/fixtures/qwen3-gqa1", tok:dir())
+      -- a post-processor that adds nothing (ByteLevel): add_special changes nothing
+      assert.same(tok:encode("hi there"), tok:encode("hi there", { add_special = true }))
+    end)
+
+    it("rejects unknown options", function()
+      assert.has_error(function() tok:encode("x", { add_special_tokens = true }) end,
+        "bad argument #2 to 'encode' (unknown option 'add_special_tokens')")
+      assert.has_error(function() tok:decode({ 1 }, { skip = true }) end,
+        "bad argument #2 to 'decode' (unknown option 'skip')")
+      assert.has_error(function() tok:encode("x", 3) end,
+        "bad argument #2 to 'encode' (table expected, got number)")
+    end)
+  end)
+
+  describe("a GLM-4.7-Flash-style directory", function()
+    local tok = assert(pio.tokenizer("tests/fixtures/tokenizer/glm4"))
+    local base = tok:token_to_id("<|endoftext|>")
+
+    it("loads with GLM's special-token layout and digit grouping", function()
+      assert.equal(base + 2, tok:token_to_id("[gMASK]"))
+      assert.equal(base + 4, tok:token_to_id("<sop>"))
+      assert.equal(base + 21, tok:token_to_id("<think>"))
+      assert.equal(base + 22, tok:token_to_id("</think>"))
+      assert.equal(base + 36, tok:vocab_size())
+      local ids = tok:encode("1234567")
+      assert.equal(3, #ids)
+      assert.equal("123", tok:id_to_token(ids[1]))
+      assert.equal("7", tok:id_to_token(ids[3]))
+    end)
+
+    it("adds [gMASK]<sop> only when asked, as its post-processor says", function()
+      local plain = tok:encode("hello")
+      local added = tok:encode("hello", { add_special = true })
+      assert.equal(#plain + 2, #added)
+      assert.equal(base + 2, added[1])
+      assert.equal(base + 4, added[2])
+      assert.equal("[gMASK]<sop>hello", tok:decode(added))
+      assert.equal("hello", tok:decode(added, { skip_special = true }))
     end)
   end)
 
