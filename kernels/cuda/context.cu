@@ -464,11 +464,45 @@ static void byte_span(const pio_tensor *t, const char **lo, const char **hi) {
     *hi = *lo + (pio_tensor_numel(t) ? (size_t)(last + 1) * es : 0);
 }
 
+/* A row-strided tensor (dims 1.. contiguous) as `rows` byte ranges of
+ * `width` bytes, `stride` bytes apart, from p. False for other layouts. */
+struct byte_rows {
+    intptr_t p;
+    int64_t width, stride, rows;
+};
+static bool as_byte_rows(const pio_tensor *t, byte_rows *r) {
+    if (t->ndim < 2) return false;
+    int64_t expect = 1;
+    for (int i = t->ndim - 1; i >= 1; i--) {
+        if (t->shape[i] != 1 && t->stride[i] != expect) return false;
+        expect *= t->shape[i];
+    }
+    const int64_t es = (int64_t)pio_dtype_info(t->dtype)->size;
+    r->p = (intptr_t)pio_tensor_data(t);
+    r->width = expect * es;
+    r->stride = t->stride[0] * es;
+    r->rows = t->shape[0];
+    return r->rows > 1 && r->width <= r->stride;
+}
+
+static bool ranges_meet(int64_t a0, int64_t a1, int64_t b0, int64_t b1) { return a0 < b1 && b0 < a1; }
+
 bool pio_cuda_overlap(const pio_tensor *a, const pio_tensor *b) {
     const char *a0, *a1, *b0, *b1;
     byte_span(a, &a0, &a1);
     byte_span(b, &b0, &b1);
-    return a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1;
+    if (!(a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1)) return false;
+    /* Interleaved column blocks of one buffer (q and k of a fused qkv, gate
+     * and up of a fused gate_up) share a span without sharing a byte. */
+    byte_rows ra, rb;
+    if (!as_byte_rows(a, &ra) || !as_byte_rows(b, &rb) || ra.stride != rb.stride) return true;
+    const int64_t S = ra.stride, d = (int64_t)(rb.p - ra.p);
+    const int64_t q = d >= 0 ? d / S : -((-d + S - 1) / S), r = d - q * S; /* 0 <= r < S */
+    /* b's row i covers bytes [r, r + wb) of a's row q + i, and spills past the
+     * end of that row into row q + i + 1 when r + wb > S. */
+    bool hit = r < ra.width && ranges_meet(0, ra.rows, q, q + rb.rows);
+    if (r + rb.width > S) hit = hit || ranges_meet(0, ra.rows, q + 1, q + 1 + rb.rows);
+    return hit;
 }
 
 bool pio_cuda_partial_overlap(const pio_tensor *a, const pio_tensor *b) {

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# One command for a machine with an NVIDIA GPU (H100/H200: sm_90), made to
+# finish in about 6 minutes:
+#   1. names the card and the toolkit;
+#   2. configures and builds for sm_90: the whole project when its Lua, cJSON,
+#      PCRE2 and utf8proc development packages are there, else the kernels
+#      alone (kernels/cuda/standalone), which is all the checks below need;
+#   3. runs the gpu-labelled C tests (tests/c/test-cuda-*.c: every CUDA op
+#      against its CPU twin); a skip counts as a failure here;
+#   4. runs bench/cuda-micro: copy bandwidth, cuBLAS bf16 peak, the matvec
+#      kernel on Qwen3-4B shapes, prompt GEMMs, attention, and the op chain of
+#      a Qwen3-4B forward pass (kernels only);
+#   5. prints a short summary table.
+# Every step has a timeout; a failing step is reported and the next one still
+# runs, and the script exits non-zero if any failed.
+#
+# Environment: PIO_GPU_BUILD (build folder, default build-gpu), OUT (where logs
+# are written, default the build folder), PIO_GPU_QUICK=1 (fewer sizes and
+# repetitions), PIO_GPU_SANITIZE=1 (also run the quick test under
+# compute-sanitizer memcheck and racecheck: slower), PIO_CUDA_ARCH (default 90).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+build="${PIO_GPU_BUILD:-$root/build-gpu}"
+logs="${OUT:-$build}"
+arch="${PIO_CUDA_ARCH:-90}"
+mkdir -p "$build" "$logs"
+failed=()
+t_start=$(date +%s)
+
+# step NAME SECONDS CMD...: runs CMD with a time limit, its output to the
+# terminal and to $logs/NAME.log; records a failure instead of stopping.
+step() {
+  local name="$1" limit="$2"
+  shift 2
+  local t0 rc
+  t0=$(date +%s)
+  echo "== $name (limit ${limit}s)"
+  set +e
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$logs/$name.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  echo "== $name: exit $rc after $(($(date +%s) - t0))s"
+  if [ "$rc" -ne 0 ]; then
+    [ "$rc" -eq 124 ] && echo "== $name: TIMED OUT"
+    failed+=("$name")
+  fi
+  return 0
+}
+
+echo "== card"
+if command -v nvidia-smi >/dev/null; then
+  timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem \
+    --format=csv,noheader || echo "nvidia-smi failed"
+else
+  echo "nvidia-smi not found"
+fi
+command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
+echo "nvcc: $(nvcc --version 2>/dev/null | tail -n 1 || echo missing)"
+echo "cmake: $(cmake --version | head -n 1)"
+
+src="$root"
+if ! pkg-config --exists lua5.4 libcjson libpcre2-8 libutf8proc 2>/dev/null; then
+  src="$root/kernels/cuda/standalone"
+  echo "== the Lua/cJSON/PCRE2/utf8proc dev packages are missing: building the kernels alone ($src)"
+fi
+gen=()
+command -v ninja >/dev/null && gen=(-G Ninja)
+# A build folder configured from the other source tree or generator cannot be reused.
+if [ -f "$build/CMakeCache.txt" ] && ! grep -q "CMAKE_HOME_DIRECTORY:INTERNAL=$src\$" "$build/CMakeCache.txt"; then
+  rm -rf "$build"
+  mkdir -p "$build"
+fi
+
+step configure 120 cmake -S "$src" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CUDA_ARCHITECTURES="$arch" -DPIO_CUDA_VERBOSE=ON
+step build 300 cmake --build "$build" -j"$(nproc)" --target test-cuda-ops cuda-micro
+# The compiler's resource report (registers, shared memory, spills) for the notes.
+grep -hE "ptxas info *: (Compiling|Used)|spill" "$logs/build.log" >"$logs/ptxas.txt" 2>/dev/null || true
+
+if [ -x "$build/test-cuda-ops" ]; then
+  step gpu-tests 240 ctest --test-dir "$build" -L gpu -V --no-tests=error
+  if grep -q "Skipped" "$logs/gpu-tests.log"; then
+    echo "== gpu-tests: SKIPPED on a GPU machine (no usable device?): counted as a failure"
+    failed+=("gpu-tests-skipped")
+  fi
+  if [ "${PIO_GPU_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+    step memcheck 300 env PIO_CUDA_TEST_QUICK=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$build/test-cuda-ops"
+    step racecheck 300 env PIO_CUDA_TEST_QUICK=1 compute-sanitizer --tool racecheck --error-exitcode 1 "$build/test-cuda-ops"
+  fi
+fi
+
+if [ -x "$build/cuda-micro" ]; then
+  quick=()
+  [ "${PIO_GPU_QUICK:-0}" = 1 ] && quick=(--quick)
+  step micro-bench 240 "$build/cuda-micro" "${quick[@]}"
+fi
+
+# TODO(issue 4): end-to-end tg128 / pp512 / pp2048 on a synthetic Qwen3-4B through
+# pio.load(dir, {device = "cuda"}) once the backend is wired into the model forward,
+# and transformers on the same card for the ratio.
+echo "model benchmark: not wired yet"
+
+echo
+echo "== summary ($(($(date +%s) - t_start))s)"
+nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | sed 's/^/card: /' || true
+if [ -f "$logs/gpu-tests.log" ]; then
+  grep -E "tests passed|passed, [0-9]+ failed" "$logs/gpu-tests.log" | tail -n 2 | sed 's/^/tests: /' || true
+fi
+if [ -f "$logs/micro-bench.log" ]; then
+  grep -E "^ceilings:|^one layer's 7 matvecs|^one layer \(4 GEMMs\)|^decode @|^prompt [0-9]+ tokens|^prompt [0-9]+: tensor cores, bf16|^decode at 4096" \
+    "$logs/micro-bench.log" || true
+fi
+echo "logs: $logs"
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "gpu-check: all steps passed"
