@@ -559,13 +559,13 @@ MOE_MODELS = [
     dict(
         name="qwen3-moe-e8k2",
         seed=2001,
-        hidden_size=64,
+        hidden_size=48,
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=16,
         num_hidden_layers=3,
-        intermediate_size=96,  # the dense layer's MLP
-        moe_intermediate_size=24,
+        intermediate_size=64,  # the dense layer's MLP
+        moe_intermediate_size=16,
         num_experts=8,
         num_experts_per_tok=2,
         norm_topk_prob=True,  # as Qwen3-Coder-30B-A3B
@@ -578,13 +578,13 @@ MOE_MODELS = [
     ),
     dict(
         name="qwen3-moe-e16k4",
-        seed=2003,
-        hidden_size=48,
+        seed=2004,
+        hidden_size=32,
         num_attention_heads=4,
         num_key_value_heads=1,  # GQA group 4
         head_dim=16,
         num_hidden_layers=4,
-        intermediate_size=64,
+        intermediate_size=48,
         moe_intermediate_size=16,
         num_experts=16,
         num_experts_per_tok=4,
