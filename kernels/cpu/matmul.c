@@ -14,17 +14,22 @@ typedef struct {
     pio_matmul_job job[MAX_W];
     pio_matmul_kernel kernel[MAX_W];
     int64_t first[MAX_W + 1]; /* granule index where each weight's rows begin */
+    int64_t granule;          /* rows of w per granule */
     int n_w, n_tasks;
+    pio_matmul_amx_kernel amx; /* when set, every weight goes through it */
+    char *amx_scratch;         /* per thread: panel, then a C tile */
+    size_t amx_scratch_bytes;
 } matmul_ctx;
 
-/* Rows of w per task boundary: a whole register tile, so only the last task
- * of a weight ever has a partial one. */
-enum { ROW_GRANULE = 4 };
+/* Rows of w per task boundary: a whole register tile (4 rows; 32 for AMX's
+ * two B tiles), so only the last task of a weight ever has a partial one. */
+enum { ROW_GRANULE = 4, AMX_GRANULE = 32 };
+
+pio_matmul_amx_kernel pio_matmul_amx_override;
 
 /* A task covers a range of granules of the weights laid end to end: one run
  * of the pool serves several weights that share x (q, k, v; gate, up). */
 static void matmul_task(void *arg, int task, int thread) {
-    (void)thread;
     const matmul_ctx *c = arg;
     int64_t g0, g1;
     pio_cpu_task_range(c->first[c->n_w], c->n_tasks, task, 1, &g0, &g1);
@@ -32,9 +37,14 @@ static void matmul_task(void *arg, int task, int thread) {
         int64_t lo = g0 > c->first[i] ? g0 : c->first[i];
         int64_t hi = g1 < c->first[i + 1] ? g1 : c->first[i + 1];
         if (lo >= hi) continue;
-        int64_t m0 = (lo - c->first[i]) * ROW_GRANULE, m1 = (hi - c->first[i]) * ROW_GRANULE;
+        int64_t m0 = (lo - c->first[i]) * c->granule, m1 = (hi - c->first[i]) * c->granule;
         if (m1 > c->job[i].m) m1 = c->job[i].m;
-        c->kernel[i](&c->job[i], m0, m1);
+        if (c->amx) {
+            char *mine = c->amx_scratch + (size_t)thread * c->amx_scratch_bytes;
+            c->amx(&c->job[i], m0, m1, mine, (float *)(mine + c->amx_scratch_bytes - 1024));
+        } else {
+            c->kernel[i](&c->job[i], m0, m1);
+        }
     }
 }
 
@@ -49,9 +59,21 @@ static pio_matmul_kernel pick_kernel(pio_dtype w_dtype, bool dot) {
 /* ---- x in bf16 for the dot-product kernels ------------------------------------ */
 
 /* Grown, never shrunk, one per calling thread: steady-state decode allocates
- * nothing. Reachable through the static pointer, so leak checkers stay quiet. */
+ * nothing. Reachable through the static pointers, so leak checkers stay quiet. */
 static _Thread_local uint16_t *xb_buf;
 static _Thread_local size_t xb_cap;
+static _Thread_local char *amx_buf;
+static _Thread_local size_t amx_cap;
+
+static bool grow(void **buf, size_t *cap, size_t bytes) {
+    if (bytes <= *cap) return true;
+    free(*buf);
+    *cap = 0;
+    *buf = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!*buf) return false;
+    *cap = bytes;
+    return true;
+}
 
 typedef struct {
     const float *x;
@@ -60,31 +82,44 @@ typedef struct {
     int n_tasks;
 } convert_ctx;
 
+/* f32 → bf16 (nearest even); the AVX-512 BF16 instruction where the CPU has
+ * it (the AMX path can be forced by tests on CPUs without). */
+static void to_bf16(const float *src, uint16_t *dst, int64_t n) {
+    if (pio_cpu_level_get() >= PIO_CPU_AVX512_BF16) {
+        pio_to_bf16_avx512(src, dst, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) dst[i] = pio_f32_to_bf16(src[i]);
+}
+
 static void convert_task(void *arg, int task, int thread) {
     (void)thread;
     const convert_ctx *c = arg;
     int64_t r0, r1;
     pio_cpu_task_range(c->n, c->n_tasks, task, 1, &r0, &r1);
-    pio_to_bf16_avx512(c->x + r0 * c->k, c->xb + r0 * c->k, (r1 - r0) * c->k);
+    to_bf16(c->x + r0 * c->k, c->xb + r0 * c->k, (r1 - r0) * c->k);
 }
 
+/* x as bf16 rows of `ld` elements (ld >= k; zeros after k) and `rows` rows
+ * (>= n; zero rows after n), in the calling thread's buffer. */
 static const uint16_t *x_to_bf16(pio_threadpool *pool, const float *x, int64_t n, int64_t k,
-                                 pio_error *err) {
-    size_t need = (size_t)(n * k);
-    if (need > xb_cap) {
-        free(xb_buf);
-        xb_cap = 0;
-        xb_buf = aligned_alloc(64, (need * 2 + 63) & ~(size_t)63);
-        if (!xb_buf) {
-            pio_error_set(err, PIO_ERR_OOM, "matmul: out of memory for %lld bf16 activations",
-                          (long long)need);
-            return NULL;
-        }
-        xb_cap = need;
+                                 int64_t ld, int64_t rows, pio_error *err) {
+    if (!grow((void **)&xb_buf, &xb_cap, (size_t)(rows * ld) * 2)) {
+        pio_error_set(err, PIO_ERR_OOM, "matmul: out of memory for %lld bf16 activations",
+                      (long long)(rows * ld));
+        return NULL;
     }
-    convert_ctx c = {x, xb_buf, n, k, 1};
-    c.n_tasks = pio_cpu_n_tasks(pool, n, (65536 + k - 1) / k);
-    pio_threadpool_run(pool, c.n_tasks, convert_task, &c);
+    if (ld == k) {
+        convert_ctx c = {x, xb_buf, n, k, 1};
+        c.n_tasks = pio_cpu_n_tasks(pool, n, (65536 + k - 1) / k);
+        pio_threadpool_run(pool, c.n_tasks, convert_task, &c);
+    } else {
+        for (int64_t r = 0; r < n; r++) {
+            to_bf16(x + r * k, xb_buf + r * ld, k);
+            memset(xb_buf + r * ld + k, 0, (size_t)(ld - k) * 2);
+        }
+    }
+    if (rows > n) memset(xb_buf + n * ld, 0, (size_t)((rows - n) * ld) * 2);
     return xb_buf;
 }
 
@@ -124,28 +159,45 @@ pio_status pio_cpu_matmul_ex(pio_threadpool *pool, const pio_tensor *x, int n_w,
                 return pio_cpu_shape_error(err, "matmul", "y", y[i], "y", y[j],
                                            "overlap in memory");
     }
-    matmul_ctx c = {.n_w = n_w};
+    matmul_ctx c = {.n_w = n_w, .granule = ROW_GRANULE};
     const int64_t n = pio_cpu_rows(x), k = x->shape[x->ndim - 1];
     if (n == 0) return PIO_OK;
-    bool dot = false;
+    bool dot = false, all_bf16 = true;
+    for (int i = 0; i < n_w; i++) all_bf16 = all_bf16 && w[i]->dtype == PIO_BF16;
+    /* AMX for prompts (16 tokens fill a tile's rows) of bf16-mode matmuls. */
+    if (x_bf16 && all_bf16 && n >= 16) {
+        if (pio_matmul_amx_override) c.amx = pio_matmul_amx_override;
+        else if (pio_cpu_level_get() >= PIO_CPU_AMX) c.amx = pio_matmul_bf16_amx;
+    }
+    if (c.amx) c.granule = AMX_GRANULE;
     for (int i = 0; i < n_w; i++) {
         c.job[i] = (pio_matmul_job){.x = pio_tensor_data(x), .w = pio_tensor_data(w[i]),
                                     .y = pio_tensor_data(y[i]), .n = n, .k = k,
-                                    .m = w[i]->shape[0]};
+                                    .m = w[i]->shape[0], .xb_ld = k};
         c.kernel[i] = pick_kernel(w[i]->dtype, x_bf16);
         dot = dot || c.kernel[i] == pio_matmul_bf16dot_avx512;
-        c.first[i + 1] = c.first[i] + (c.job[i].m + ROW_GRANULE - 1) / ROW_GRANULE;
+        c.first[i + 1] = c.first[i] + (c.job[i].m + c.granule - 1) / c.granule;
         if (k == 0) /* an empty sum */
             memset(c.job[i].y, 0, (size_t)(n * c.job[i].m) * sizeof(float));
     }
     if (k == 0 || c.first[n_w] == 0) return PIO_OK;
-    if (dot) {
-        const uint16_t *xb = x_to_bf16(pool, c.job[0].x, n, k, err);
+    if (c.amx) {
+        int64_t ld = (k + 31) / 32 * 32, rows = (n + 31) / 32 * 32;
+        const uint16_t *xb = x_to_bf16(pool, c.job[0].x, n, k, ld, rows, err);
+        c.amx_scratch_bytes = (size_t)(ld / 32) * 2048 + 1024;
+        size_t threads = (size_t)pio_threadpool_size(pool);
+        if (!xb || !grow((void **)&amx_buf, &amx_cap, threads * c.amx_scratch_bytes))
+            return xb ? pio_error_set(err, PIO_ERR_OOM, "matmul: out of memory for AMX panels")
+                      : err->status;
+        c.amx_scratch = amx_buf;
+        for (int i = 0; i < n_w; i++) c.job[i].xb = xb, c.job[i].xb_ld = ld;
+    } else if (dot) {
+        const uint16_t *xb = x_to_bf16(pool, c.job[0].x, n, k, k, n, err);
         if (!xb) return err->status;
         for (int i = 0; i < n_w; i++) c.job[i].xb = xb;
     }
     /* A task should do at least ~64K multiply-adds, or waking threads costs more than it saves. */
-    int64_t macs_per_granule = n * k * ROW_GRANULE;
+    int64_t macs_per_granule = n * k * c.granule;
     c.n_tasks = pio_cpu_n_tasks(pool, c.first[n_w], (65536 + macs_per_granule - 1) / macs_per_granule);
     pio_threadpool_run(pool, c.n_tasks, matmul_task, &c);
     return PIO_OK;

@@ -9,6 +9,7 @@
 typedef struct pio_matmul_job {
     const float *x; /* [n, k] */
     const uint16_t *xb; /* [n, k] x rounded to bf16, for the bf16 dot-product kernels */
+    int64_t xb_ld;      /* elements per row of xb (k, or k padded to 32 for AMX) */
     const void *w;  /* [m, k] f32 or bf16 (the kernel's name says which) */
     float *y;       /* [n, m] */
     int64_t n, k, m;
@@ -24,6 +25,17 @@ void pio_matmul_f32_avx512(const pio_matmul_job *job, int64_t m0, int64_t m1);
 void pio_matmul_bf16_avx512(const pio_matmul_job *job, int64_t m0, int64_t m1);
 /* bf16 x (job->xb) · bf16 w with vdpbf16ps (AVX-512 BF16). */
 void pio_matmul_bf16dot_avx512(const pio_matmul_job *job, int64_t m0, int64_t m1);
+/* AMX: rows [m0, m1) of w for all tokens; xb rows padded to xb_ld (a multiple
+ * of 32) and to a multiple of 32 rows, with zeros. panel: per-thread scratch
+ * of ceil(k / 32) · 2 KiB; ctile: 1 KiB. See matmul_amx_impl.h. */
+typedef void (*pio_matmul_amx_kernel)(const pio_matmul_job *job, int64_t m0, int64_t m1,
+                                      void *panel, float *ctile);
+void pio_matmul_bf16_amx(const pio_matmul_job *job, int64_t m0, int64_t m1, void *panel,
+                         float *ctile);
+/* Tests only: when set, bf16-mode matmuls of 16 tokens or more take the AMX
+ * path with this kernel (an emulation), whatever the CPU. */
+extern pio_matmul_amx_kernel pio_matmul_amx_override;
+
 /* n f32 → bf16, round to nearest even (AVX-512 BF16). */
 void pio_to_bf16_avx512(const float *src, uint16_t *dst, int64_t n);
 
