@@ -186,6 +186,20 @@ void pio_model_default_sampling(const pio_model *m, pio_sampler_params *out) {
     *out = m->sampling;
 }
 
+pio_device pio_model_auto_device(void) {
+    return PIO_DEVICE_CPU; /* the forward pass runs on the CPU backend only, so far */
+}
+
+bool pio_model_device_available(pio_device d, const char **why) {
+    if (d == PIO_DEVICE_CPU) return true;
+#ifdef PIO_HAVE_CUDA
+    if (why) *why = "the CUDA backend does not run models yet";
+#else
+    if (why) *why = "this pio was built without its backend";
+#endif
+    return false;
+}
+
 /* The part of loading that reads config.json alone: architecture, hyper-
  * parameters, stop ids, sampling defaults, context and slots. dir gets the
  * model directory. NULL and err on failure. */
@@ -198,10 +212,10 @@ static pio_model *prepare(const char *path, const pio_load_opts *opts, char *dir
                       pio_dtype_info(opts->dtype)->name);
         return NULL;
     }
-    if (opts->device != PIO_DEVICE_CPU) {
-        pio_error_set(err, PIO_ERR_NOT_FOUND,
-                      "device '%s' is not available: this pio was built without its backend",
-                      pio_device_name(opts->device));
+    const char *why;
+    if (!pio_model_device_available(opts->device, &why)) {
+        pio_error_set(err, PIO_ERR_NOT_FOUND, "device '%s' is not available: %s",
+                      pio_device_name(opts->device), why);
         return NULL;
     }
 

@@ -5,8 +5,6 @@ local core = require "pio.core"
 
 local M = {}
 
-local NOT_BUILT = "this pio was built without its backend"
-
 --- Host memory from /proc/meminfo in bytes: { total =, available =, free = },
 -- or nil, message where there is no /proc (not Linux).
 function M.meminfo()
@@ -37,19 +35,19 @@ local function cpu_count()
   return n > 0 and n or nil
 end
 
---- The device a name stands for: "auto" is the GPU where one is built, else the CPU.
+--- The device a name stands for: "auto" is where the loader runs models (the
+-- runtime's answer: the GPU once its backend runs models, else the CPU).
 function M.resolve(name)
   name = name or "auto"
-  if name == "auto" then return core.cuda_built and "cuda" or "cpu" end
-  if name ~= "cpu" and name ~= "cuda" then
+  if name ~= "cpu" and name ~= "cuda" and name ~= "auto" then
     error(string.format("device must be 'cpu', 'cuda' or 'auto', got '%s'", tostring(name)), 0)
   end
-  return name
+  return (core.model_device(name))
 end
 
 --- pio.device.info(name) → { device =, available =, reason =, count =,
 -- total_memory =, available_memory =, threads = } for "cpu", "cuda" or
--- "auto" (the default). A device this build cannot use says so in `reason`.
+-- "auto" (the default). A device models cannot run on here says why in `reason`.
 function M.info(name)
   if name ~= nil and type(name) ~= "string" then
     error("pio.device.info: the device must be a string, got " .. type(name), 2)
@@ -61,10 +59,9 @@ function M.info(name)
     return { device = "cpu", available = true, count = 1, total_memory = mem.total,
              available_memory = mem.available, threads = cpu_count() }
   end
-  if not core.cuda_built then
-    return { device = "cuda", available = false, reason = NOT_BUILT, count = 0 }
-  end
-  return { device = "cuda", available = true }
+  local _, ok, why = core.model_device(dev)
+  if not ok then return { device = dev, available = false, reason = why, count = 0 } end
+  return { device = dev, available = true }
 end
 
 return M

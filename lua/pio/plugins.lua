@@ -99,7 +99,7 @@ local function c_metadata(d)
     name = d.name, version = preset and preset.version or core.version, kind = "c",
     description = d.description, model_family = d.model_family, architecture = d.architecture,
     hf_repo = d.hf_repo, factory = d.factory, dtypes = { "bf16", "f32" },
-    devices = core.cuda_built and { "cpu", "cuda" } or { "cpu" },
+    devices = select(2, core.model_device("cuda")) and { "cpu", "cuda" } or { "cpu" },
   }
   local reason = unavailable_reason(d)
   md.available = reason == nil

@@ -28,6 +28,7 @@ M.docs = {
   ["pio.strategy"] = "pio.strategy: strategy families (attention, kv, precision, sampling, offload,\n"
     .. "parallel), pio.strategy.select and model:use. Try help(pio.strategy.kv).",
   ["pio.now"] = "pio.now() → monotonic seconds",
+  ["pio.model_device"] = "pio.model_device(name) → the device models load on for name ('auto' resolved), true | false, why",
   ["pio.executable"] = "pio.executable() → the path of the running executable",
   ["pio.read_bandwidth"] = "pio.read_bandwidth{ threads =, mib =, reps = } → memory read bytes per second",
   ["pio.live_tensors"] = "pio.live_tensors() → live tensor headers (test-only accounting)",

@@ -99,6 +99,28 @@ static void progress_to_stderr(void *ud, const char *stage, size_t done, size_t 
     fflush(stderr);
 }
 
+/* "cpu", "cuda" or "auto" (the device models run on). */
+static pio_device check_device(lua_State *L, const char *name, const char *what) {
+    if (strcmp(name, "cpu") == 0) return PIO_DEVICE_CPU;
+    if (strcmp(name, "cuda") == 0) return PIO_DEVICE_CUDA;
+    if (strcmp(name, "auto") == 0) return pio_model_auto_device();
+    luaL_error(L, "%s: device must be 'cpu', 'cuda' or 'auto', got '%s'", what, name);
+    return PIO_DEVICE_CPU;
+}
+
+/* pio.model_device(name) → the device name models load on for it ("auto" resolved), and
+ * whether they can: true, or false and why. */
+static int l_model_device(lua_State *L) {
+    pio_device d = check_device(L, luaL_optstring(L, 1, "auto"), "pio.model_device");
+    const char *why = NULL;
+    bool ok = pio_model_device_available(d, &why);
+    lua_pushstring(L, pio_device_name(d));
+    lua_pushboolean(L, ok);
+    if (ok) return 2;
+    lua_pushstring(L, why);
+    return 3;
+}
+
 /* The options of pio.load and pio.estimate. `what` names the caller in messages. */
 static void read_load_opts(lua_State *L, int arg, const char *what, pio_load_opts *opts) {
     static const char *const known[] = {"dtype", "device", "threads", "ctx", "max_seqs",
@@ -108,11 +130,7 @@ static void read_load_opts(lua_State *L, int arg, const char *what, pio_load_opt
     const char *dtype = opt_str(L, arg, "dtype", "bf16");
     if (!pio_dtype_from_name(dtype, &opts->dtype) || opts->dtype == PIO_F16)
         luaL_error(L, "%s: dtype must be 'f32' or 'bf16', got '%s'", what, dtype);
-    const char *device = opt_str(L, arg, "device", "auto");
-    if (strcmp(device, "cpu") == 0) opts->device = PIO_DEVICE_CPU;
-    else if (strcmp(device, "cuda") == 0) opts->device = PIO_DEVICE_CUDA;
-    else if (strcmp(device, "auto") == 0) opts->device = PIO_DEVICE_CPU; /* no GPU backend built */
-    else luaL_error(L, "%s: device must be 'cpu', 'cuda' or 'auto', got '%s'", what, device);
+    opts->device = check_device(L, opt_str(L, arg, "device", "auto"), what);
     opts->threads = (int)opt_int(L, arg, "threads", 0);
     opts->ctx = (int32_t)opt_int(L, arg, "ctx", 0);
     opts->max_seqs = (int32_t)opt_int(L, arg, "max_seqs", 0);
@@ -524,6 +542,8 @@ void pio_lua_open_model(lua_State *L) {
     lua_setfield(L, -2, "load");
     lua_pushcfunction(L, l_estimate);
     lua_setfield(L, -2, "estimate");
+    lua_pushcfunction(L, l_model_device);
+    lua_setfield(L, -2, "model_device");
     lua_pushcfunction(L, l_read_bandwidth);
     lua_setfield(L, -2, "read_bandwidth");
 }

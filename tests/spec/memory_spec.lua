@@ -98,10 +98,28 @@ describe("pio.memory #qwen3", function()
       "pio.memory.report: device must be 'cpu', 'cuda' or 'auto', got 'tpu'")
     assert.has_error(function() pio.load(tiny, { max_bytes = -1 }) end,
       "pio.load: max_bytes must be >= 0 (0: no limit)")
-    if not pio.cuda_built then
+    local gpu = pio.device.info("cuda")
+    if not gpu.available then -- built without CUDA, or its backend runs no models yet
       local b, err = pio.memory.budget { device = "cuda", max_memory_ratio = 0.9 }
       assert.is_nil(b)
-      assert.equal("device 'cuda' is not available: this pio was built without its backend", err)
+      assert.equal("device 'cuda' is not available: " .. gpu.reason, err)
     end
+  end)
+end)
+
+describe("pio.device", function()
+  it("says where models run and why a device is not available", function()
+    local cpu = pio.device.info("cpu")
+    assert.is_true(cpu.available)
+    assert.is_true(cpu.threads >= 1 and cpu.total_memory > 0)
+    assert.equal(pio.model_device("auto"), pio.device.info().device)
+    local gpu = pio.device.info("cuda")
+    if not gpu.available then
+      local m, err = pio.load(tiny, { device = "cuda" })
+      assert.is_nil(m)
+      assert.equal("device 'cuda' is not available: " .. gpu.reason, err)
+    end
+    assert.has_error(function() pio.device.info("tpu") end,
+      "pio.device.info: device must be 'cpu', 'cuda' or 'auto', got 'tpu'")
   end)
 end)

@@ -211,10 +211,11 @@ describe("configs/<plugin>.json #qwen3", function()
     ok, why = p:supports_config { colour = "blue" }
     assert.is_false(ok)
     assert.matches("^unknown key 'colour' %(known: ", why)
-    if not pio.cuda_built then
+    local gpu = pio.device.info("cuda")
+    if not gpu.available then
       ok, why = p:supports_config { device = "cuda" }
       assert.is_false(ok)
-      assert.equal("device 'cuda' is not available: this pio was built without its backend", why)
+      assert.equal("device 'cuda' is not available: " .. gpu.reason, why)
     end
     assert.equal(0.3, p:get_model_info().config.temperature)
   end)

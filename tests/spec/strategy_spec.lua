@@ -113,10 +113,11 @@ describe("Strategy:supports #qwen3", function()
     local ok, why = S.offload.layers { n = 8 }:supports(m, "cpu")
     assert.is_false(ok)
     assert.equal("on the CPU every weight already lives in host memory: offload is for a GPU too small for the model", why)
-    if not pio.cuda_built then
+    local gpu = pio.device.info("cuda")
+    if not gpu.available then
       ok, why = S.offload.layers():supports(m, "cuda")
       assert.is_false(ok)
-      assert.equal("device 'cuda' is not available: this pio was built without its backend", why)
+      assert.equal("device 'cuda' is not available: " .. gpu.reason, why)
     end
   end)
 

@@ -42,6 +42,11 @@ typedef struct pio_load_opts {
 
 pio_load_opts pio_load_opts_default(void);
 
+/* Where models run: the device "auto" stands for, and whether models load on
+ * a device (false: *why, borrowed, says why not). */
+pio_device pio_model_auto_device(void);
+bool pio_model_device_available(pio_device d, const char **why);
+
 /* path: a model directory, or (synthetic only) a config.json file. */
 pio_model *pio_model_load(const char *path, const pio_load_opts *opts, pio_error *err);
 void pio_model_free(pio_model *m);
