@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Writes a Qwen3 checkpoint (config.json + one model.safetensors, as
-`model:save` makes them) into a GGUF file that llama.cpp loads, with the same
-weights bit for bit: bf16 stays bf16, f32 stays f32, norms stay f32.
+"""Writes a Qwen3 or Qwen3-MoE checkpoint (config.json + one model.safetensors,
+as `model:save` makes them) into a GGUF file that llama.cpp loads, with the
+same weights bit for bit: bf16 stays bf16, f32 stays f32, norms stay f32.
+Qwen3-MoE's experts (per-expert tensors or transformers v5's stacks) become
+llama.cpp's stacked ffn_{gate,up,down}_exps; every layer must be a MoE layer.
 
     to_gguf.py MODEL_DIR OUT.gguf
 
@@ -58,8 +60,35 @@ def gguf_name(name):
         "mlp.gate_proj.weight": "ffn_gate.weight",
         "mlp.up_proj.weight": "ffn_up.weight",
         "mlp.down_proj.weight": "ffn_down.weight",
+        "mlp.gate.weight": "ffn_gate_inp.weight",  # the MoE router
     }
     return f"blk.{layer}.{table[rest]}"
+
+
+def stack_experts(tensors, cfg):
+    """Qwen3-MoE: per layer, the experts as llama.cpp's stacks [E, I, H] (gate, up)
+    and [E, H, I] (down), from per-expert tensors or from v5's gate_up_proj stack."""
+    n_layer, n_exp = cfg["num_hidden_layers"], cfg.get("num_experts", cfg.get("num_local_experts"))
+    step, dense = cfg.get("decoder_sparse_step", 1), cfg.get("mlp_only_layers") or []
+    out = {k: v for k, v in tensors.items() if ".mlp.experts." not in k}
+    for layer in range(n_layer):
+        if layer in dense or (layer + 1) % step != 0:
+            raise SystemExit("to_gguf.py: llama.cpp's qwen3moe has MoE in every layer; "
+                             f"layer {layer} is dense here")
+        p = f"model.layers.{layer}.mlp.experts"
+        if f"{p}.gate_up_proj" in tensors:
+            (gu, kind), (down, _) = tensors[f"{p}.gate_up_proj"], tensors[f"{p}.down_proj"]
+            half = gu.shape[1] // 2
+            gate, up = np.ascontiguousarray(gu[:, :half]), np.ascontiguousarray(gu[:, half:])
+        else:
+            kind = tensors[f"{p}.0.gate_proj.weight"][1]
+            gate, up, down = (np.stack([tensors[f"{p}.{e}.{w}.weight"][0] for e in range(n_exp)])
+                              for w in ("gate_proj", "up_proj", "down_proj"))
+        blk = f"blk.{layer}"
+        out[f"{blk}.ffn_gate_exps.weight"] = (gate, kind)
+        out[f"{blk}.ffn_up_exps.weight"] = (up, kind)
+        out[f"{blk}.ffn_down_exps.weight"] = (down, kind)
+    return out
 
 
 def main():
@@ -68,13 +97,23 @@ def main():
     tensors = read_safetensors(f"{model_dir}/model.safetensors")
     bf16 = any(k is not None for _, k in tensors.values())
 
-    w = gguf.GGUFWriter(out, "qwen3")
+    moe = cfg["architectures"][0] == "Qwen3MoeForCausalLM"
+    if moe:
+        tensors = stack_experts(tensors, cfg)
+    w = gguf.GGUFWriter(out, "qwen3moe" if moe else "qwen3")
     w.add_name(f"pio synthetic {cfg.get('hidden_size')}x{cfg['num_hidden_layers']}")
     w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if bf16 else gguf.LlamaFileType.ALL_F32)
     w.add_context_length(cfg.get("max_position_embeddings", 40960))
     w.add_embedding_length(cfg["hidden_size"])
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_feed_forward_length(cfg["intermediate_size"])
+    if moe:
+        if not cfg.get("norm_topk_prob", False):
+            raise SystemExit("to_gguf.py: llama.cpp's qwen3moe renormalises the top-k weights "
+                             "(norm_topk_prob true)")
+        w.add_expert_count(cfg.get("num_experts", cfg.get("num_local_experts")))
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
     w.add_head_count(cfg["num_attention_heads"])
     w.add_head_count_kv(cfg.get("num_key_value_heads", cfg["num_attention_heads"]))
     head_dim = cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
@@ -94,7 +133,7 @@ def main():
     w.add_add_bos_token(False)
 
     for name, (arr, kind) in tensors.items():
-        w.add_tensor(gguf_name(name), arr, raw_dtype=kind)
+        w.add_tensor(name if name.startswith("blk.") else gguf_name(name), arr, raw_dtype=kind)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
