@@ -22,13 +22,15 @@
 #include <math.h>
 #include <string.h>
 
+#include "attention_kernels.h"
+#include "cpu_features.h"
 #include "cpu_internal.h"
 #include "simd_avx2.h"
 
 enum {
-    CHUNK = 1024,   /* keys per pass */
+    CHUNK = 4096,   /* keys per pass: contexts up to 4096 read K once in bf16 mode */
     SLICE = 64,     /* keys every head of a batch handles before the next slice */
-    HEAD_BATCH = 4, /* query heads per work item: scores take 4 · CHUNK · 4 B = 16 KiB of stack */
+    HEAD_BATCH = 4, /* query heads per work item: scores take 4 · CHUNK · 4 B = 64 KiB of stack */
 };
 
 typedef struct {
@@ -42,8 +44,12 @@ typedef struct {
     int64_t batches; /* work items per (token, kv head) */
     float scale;
     bool k_bf16, v_bf16, round_bf16;
+    bool avx512; /* the 16-lane inner loops of attention_avx512.c */
+    bool dot;    /* bf16 mode, bf16 cache, AVX-512 BF16: q·k with vdpbf16ps */
     int n_tasks;
 } attn_ctx;
+
+enum { QB_MAX = 512 }; /* head_dim up to this takes the bf16 dot-product path */
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -103,8 +109,15 @@ static ALWAYS_INLINE void scores_impl(const attn_ctx *c, const float *q, const c
     for (; j < len; j++, k += step) s[j] = finish_score(c, dot1(q, k, c->dk, bf16));
 }
 
-static void scores(const attn_ctx *c, const float *q, const char *k, size_t step, int64_t j0,
-                   int64_t len, float *s) {
+static void scores(const attn_ctx *c, const float *q, const uint16_t *qb, const char *k,
+                   size_t step, int64_t j0, int64_t len, float *s) {
+    if (c->avx512) {
+        pio_attn_scores_args a = {.q = q, .qb = c->dot ? qb : NULL, .k = k + (size_t)j0 * step,
+                                  .step = step, .len = len, .d = c->dk, .scale = c->scale,
+                                  .k_bf16 = c->k_bf16, .round_bf16 = c->round_bf16, .out = s};
+        pio_attn_scores_avx512(&a);
+        return;
+    }
     if (c->k_bf16)
         scores_impl(c, q, k, step, j0, len, s, 1);
     else
@@ -193,6 +206,10 @@ static ALWAYS_INLINE void pv_impl(float *o, const float *p, const char *v, size_
 
 static void pv(const attn_ctx *c, float *o, const float *p, const char *v, size_t step,
                int64_t len) {
+    if (c->avx512) {
+        pio_attn_pv_avx512(o, p, v, step, len, c->dv, c->v_bf16);
+        return;
+    }
     if (c->v_bf16)
         pv_impl(o, p, v, step, len, c->dv, 1);
     else
@@ -213,14 +230,16 @@ static void prefetch_rows(const char *base, size_t step, size_t row_bytes, int64
 
 /* s[b][j] = score of key j0 + j for the nh heads q[b], j < len, a slice of keys
  * at a time for all heads. */
-static void chunk_scores(const attn_ctx *c, const float *const *q, int64_t nh, const char *k,
-                         size_t k_step, int64_t j0, int64_t len, float (*s)[CHUNK]) {
+static void chunk_scores(const attn_ctx *c, const float *const *q, uint16_t (*qb)[QB_MAX],
+                         int64_t nh, const char *k, size_t k_step, int64_t j0, int64_t len,
+                         float (*s)[CHUNK]) {
     const size_t row_bytes = (size_t)c->dk * (c->k_bf16 ? 2 : 4);
     for (int64_t js = 0; js < len; js += SLICE) {
         int64_t sl = len - js < SLICE ? len - js : SLICE;
         int64_t next = len - js - sl < SLICE ? len - js - sl : SLICE;
         prefetch_rows(k, k_step, row_bytes, j0 + js + sl, next);
-        for (int64_t b = 0; b < nh; b++) scores(c, q[b], k, k_step, j0 + js, sl, s[b] + js);
+        for (int64_t b = 0; b < nh; b++)
+            scores(c, q[b], qb[b], k, k_step, j0 + js, sl, s[b] + js);
     }
 }
 
@@ -236,8 +255,10 @@ static void attend(const attn_ctx *c, int64_t t, int64_t g, int64_t h0, int64_t 
     const float *q[HEAD_BATCH];
     float *o[HEAD_BATCH];
     float s[HEAD_BATCH][CHUNK], max[HEAD_BATCH], sum[HEAD_BATCH];
+    uint16_t qb[HEAD_BATCH][QB_MAX];
     for (int64_t b = 0; b < nh; b++) {
         q[b] = c->q + (t * c->heads + h0 + b) * c->dk;
+        if (c->dot) pio_attn_q_to_bf16_avx512(q[b], qb[b], c->dk);
         o[b] = c->out + (t * c->heads + h0 + b) * c->dv;
         max[b] = -__builtin_inff();
         sum[b] = 0.0f;
@@ -249,7 +270,7 @@ static void attend(const attn_ctx *c, int64_t t, int64_t g, int64_t h0, int64_t 
         /* Pass 1: each head's max and sum of e^(s − max) over all keys. */
         for (int64_t j0 = 0; j0 < n_keys; j0 += CHUNK) {
             int64_t len = n_keys - j0 < CHUNK ? n_keys - j0 : CHUNK;
-            chunk_scores(c, q, nh, k, k_step, j0, len, s);
+            chunk_scores(c, q, qb, nh, k, k_step, j0, len, s);
             for (int64_t b = 0; b < nh; b++) {
                 float cmax = max_of(s[b], len);
                 if (cmax > max[b]) {
@@ -264,12 +285,14 @@ static void attend(const attn_ctx *c, int64_t t, int64_t g, int64_t h0, int64_t 
 
     for (int64_t j0 = 0; j0 < n_keys; j0 += CHUNK) {
         int64_t len = n_keys - j0 < CHUNK ? n_keys - j0 : CHUNK;
-        if (!have_scores) chunk_scores(c, q, nh, k, k_step, j0, len, s);
+        if (!have_scores) chunk_scores(c, q, qb, nh, k, k_step, j0, len, s);
         for (int64_t b = 0; b < nh; b++) {
             if (c->round_bf16) {
                 exp_in_place(s[b], len, max[b], 1.0f / sum[b]);
-                for (int64_t j = 0; j < len; j++)
-                    s[b][j] = pio_round_bf16(s[b][j]); /* probabilities to bf16 */
+                int64_t j = 0; /* probabilities to bf16 */
+                for (; j + 8 <= len; j += 8)
+                    _mm256_storeu_ps(s[b] + j, pio_round_bf16_256(_mm256_loadu_ps(s[b] + j)));
+                for (; j < len; j++) s[b][j] = pio_round_bf16(s[b][j]);
             } else {
                 float cmax = max_of(s[b], len);
                 if (cmax > max[b]) { /* o and sum were relative to the old max */
@@ -351,6 +374,9 @@ pio_status pio_cpu_attention(pio_threadpool *pool, const pio_tensor *q, const pi
                   .k_bf16 = cache_k->dtype == PIO_BF16,
                   .v_bf16 = cache_v->dtype == PIO_BF16,
                   .round_bf16 = round_bf16};
+    pio_cpu_level level = pio_cpu_level_get();
+    c.avx512 = level >= PIO_CPU_AVX512;
+    c.dot = level >= PIO_CPU_AVX512_BF16 && round_bf16 && c.k_bf16 && c.dk <= QB_MAX;
     if (c.n > 0 && (!seq || !pos))
         return pio_error_set(err, PIO_ERR_INVALID, "%s: seq and pos are required", op);
     int64_t keys = 0; /* keys visited per head, summed over tokens: the work estimate */

@@ -67,9 +67,20 @@ static ALWAYS_INLINE void tile(const pio_matmul_job *J, int64_t i0, int nx, int6
 #pragma GCC unroll 4
     for (int a = 0; a < nx; a++) {
         float *y = J->y + (i0 + a) * J->m + j0;
-#pragma GCC unroll 4
-        for (int b = 0; b < TW; b++)
-            if (b < nw) y[b] = _mm512_reduce_add_ps(acc[a][b]);
+        /* The four sums of a row at once (an hadd tree), not four full reductions. */
+        __m256 r0 = _mm256_add_ps(_mm512_castps512_ps256(acc[a][0]), _mm512_extractf32x8_ps(acc[a][0], 1));
+        __m256 r1 = _mm256_add_ps(_mm512_castps512_ps256(acc[a][1]), _mm512_extractf32x8_ps(acc[a][1], 1));
+        __m256 r2 = _mm256_add_ps(_mm512_castps512_ps256(acc[a][2]), _mm512_extractf32x8_ps(acc[a][2], 1));
+        __m256 r3 = _mm256_add_ps(_mm512_castps512_ps256(acc[a][3]), _mm512_extractf32x8_ps(acc[a][3], 1));
+        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(r0, r1), _mm256_hadd_ps(r2, r3));
+        __m128 sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        if (nw == TW) {
+            _mm_storeu_ps(y, sums);
+        } else {
+            float t[4];
+            _mm_storeu_ps(t, sums);
+            for (int b = 0; b < nw; b++) y[b] = t[b];
+        }
     }
 }
 

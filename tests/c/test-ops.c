@@ -719,13 +719,13 @@ static void test_attention(void) {
                     check_attention(pools[p], ratios[r][0], ratios[r][1], 20, 12, 20, dt, rnd, 8,
                                     seq, pos, 2.0f);
                 }
-    /* Contexts longer than one chunk of scores (1024 keys): the online
+    /* Contexts longer than one chunk of scores (4096 keys): the online
      * rescaling and, in bf16 mode, the two-pass path. The batch's own keys
      * are large, so the last chunk (holding key pos[t]) usually raises the max. */
-    static const int32_t lseq[] = {1, 0, 1}, lpos[] = {1100, 3, 600};
+    static const int32_t lseq[] = {1, 0, 1}, lpos[] = {4200, 3, 1500};
     for (int cd = 0; cd < 2; cd++)
         for (int rnd = 0; rnd < 2; rnd++)
-            check_attention(pools[1], 4, 2, 32, 32, 1200, cd ? PIO_BF16 : PIO_F32, rnd, 3, lseq,
+            check_attention(pools[1], 4, 2, 32, 32, 4300, cd ? PIO_BF16 : PIO_F32, rnd, 3, lseq,
                             lpos, 8.0f);
 
     pio_error err = {0};
@@ -827,7 +827,22 @@ int main(void) {
     test_round_bf16();
     test_embedding();
     test_kv_write();
-    test_attention();
+    /* attention's inner loops too on every level (16 lanes; bf16 dot products in bf16 mode) */
+    for (int lv = PIO_CPU_AVX2; lv <= (int)PIO_CPU_AVX512_BF16; lv++) {
+        static const char *const names[] = {"avx2", "avx512", "avx512bf16"};
+        const char *outer = getenv("PIO_CPU");
+        if (lv > (int)pio_cpu_level_max() || (lv > 0 && outer && strcmp(outer, "avx2") == 0))
+            break;
+        char *saved = outer ? strdup(outer) : NULL;
+        setenv("PIO_CPU", names[lv], 1);
+        pio_cpu_features_reinit();
+        test_attention();
+        printf("attention checked on %s\n", names[lv]);
+        if (saved) setenv("PIO_CPU", saved, 1);
+        else unsetenv("PIO_CPU");
+        free(saved);
+        pio_cpu_features_reinit();
+    }
     CHECK_MSG(pio_debug_live_tensors() == 0, "%lld tensors leaked",
               (long long)pio_debug_live_tensors());
 
