@@ -307,7 +307,7 @@ static int l_read_bandwidth(lua_State *L) {
     static const char *const known[] = {"threads", "mib", "reps", NULL};
     check_keys(L, 1, "pio.read_bandwidth", known);
     lua_Integer threads = opt_int(L, 1, "threads", 0), mib = opt_int(L, 1, "mib", 1024);
-    lua_Integer reps = opt_int(L, 1, "reps", 3);
+    lua_Integer reps = opt_int(L, 1, "reps", 5);
     if (threads < 0 || mib < 1 || reps < 1)
         return luaL_error(L, "pio.read_bandwidth: threads >= 0, mib >= 1 and reps >= 1");
     pio_error err;
