@@ -123,8 +123,48 @@ static pio_status push_id(enc_ctx *c, int32_t id, pio_error *err) {
     return tok_ids_push(c->out, id) ? PIO_OK : oom(err);
 }
 
-/* Common words recur; BPE runs once per distinct piece of up to 64 bytes. */
+/* The tokenizer's word cache: true with the ids pushed on a hit. */
+static bool wcache_get(tok_wcache *wc, const char *w, size_t n, uint32_t h, tok_ids *out, bool *oom_) {
+    if (pthread_mutex_trylock(&wc->lock)) return false;
+    const tok_wslot *sl = &wc->slots[h & wc->mask];
+    int32_t ids[TOK_WIDS];
+    size_t k = 0;
+    bool hit = sl->len == n && sl->hash == h && !memcmp(sl->key, w, n);
+    if (hit) {
+        k = sl->n;
+        memcpy(ids, sl->ids, k * sizeof *ids);
+    }
+    pthread_mutex_unlock(&wc->lock);
+    for (size_t i = 0; hit && i < k; i++)
+        if (!tok_ids_push(out, ids[i])) *oom_ = true;
+    return hit;
+}
+
+static void wcache_put(tok_wcache *wc, const char *w, size_t n, uint32_t h, const int32_t *ids,
+                       size_t k) {
+    if (k > TOK_WIDS || pthread_mutex_trylock(&wc->lock)) return;
+    tok_wslot *sl = &wc->slots[h & wc->mask];
+    sl->hash = h;
+    sl->len = (uint8_t)n;
+    sl->n = (uint8_t)k;
+    memcpy(sl->key, w, n);
+    memcpy(sl->ids, ids, k * sizeof *ids);
+    pthread_mutex_unlock(&wc->lock);
+}
+
+/* Common words recur: short pieces go through the tokenizer's word cache,
+ * longer ones (up to 64 bytes) through a cache for this call. */
 static pio_status bpe_cached(enc_ctx *c, const char *w, size_t n, pio_error *err) {
+    tok_wcache *wc = c->tok->wcache;
+    if (wc && n <= TOK_WKEY) {
+        uint32_t h = tok_strmap_hash(w, n);
+        bool failed = false;
+        if (wcache_get(wc, w, n, h, c->out, &failed)) return failed ? oom(err) : PIO_OK;
+        size_t before = c->out->len;
+        pio_status st = tok_bpe_word(&c->tok->bpe, &c->bpe, w, n, c->out, err);
+        if (!st) wcache_put(wc, w, n, h, c->out->p + before, c->out->len - before);
+        return st;
+    }
     bool cacheable = n <= 64;
     if (cacheable) {
         int32_t k = tok_strmap_get(&c->cache, w, n);

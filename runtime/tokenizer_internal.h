@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <pthread.h>
+
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
@@ -225,6 +227,31 @@ pio_status tok_bpe_word(const tok_bpe *m, tok_bpe_scratch *s, const char *w, siz
 void tok_bpe_scratch_free(tok_bpe_scratch *s);
 void tok_bpe_free(tok_bpe *m);
 
+/* ---- the word cache ------------------------------------------------------- */
+
+/* BPE results shared by every encode call on a tokenizer: the same words
+ * recur across calls (documents, chat turns). Direct-mapped; a slot holds a
+ * pre-tokenized piece of up to TOK_WKEY bytes that BPE turns into up to
+ * TOK_WIDS ids, 64 bytes in all. Encodes may run on several threads at once:
+ * slots are read and written under `lock`, taken with trylock, so a busy
+ * cache is skipped rather than waited for. */
+#define TOK_WKEY 26
+#define TOK_WIDS 8
+typedef struct tok_wslot {
+    uint32_t hash;
+    uint8_t len, n; /* len 0: empty */
+    char key[TOK_WKEY];
+    int32_t ids[TOK_WIDS];
+} tok_wslot;
+
+_Static_assert(sizeof(tok_wslot) == 64, "a word-cache slot is one cache line");
+
+typedef struct tok_wcache {
+    pthread_mutex_t lock;
+    tok_wslot *slots;
+    size_t mask;
+} tok_wcache;
+
 /* ---- the tokenizer -------------------------------------------------------- */
 
 typedef struct tok_added {
@@ -268,6 +295,7 @@ struct pio_tokenizer {
     tok_decoder_kind decoder;
     char byte_char[256][3];  /* byte -> its byte-level character: length, UTF-8 */
     tok_ids post_prefix, post_suffix; /* the post-processor's special tokens */
+    tok_wcache *wcache;    /* NULL: none (out of memory at load) */
     char *dir;             /* the directory the files came from */
 
     tok_added *added;

@@ -960,6 +960,17 @@ static pio_status finish(pio_tokenizer *tok, pio_error *err) {
         tok->byte_char[b][0] = (char)n;
         memcpy(&tok->byte_char[b][1], u, n);
     }
+    /* The word cache: 2^15 slots, 2 MB (calloc'ed pages are only touched as used). */
+    tok->wcache = calloc(1, sizeof *tok->wcache);
+    if (tok->wcache) {
+        tok->wcache->slots = calloc((size_t)1 << 15, sizeof(tok_wslot));
+        tok->wcache->mask = ((size_t)1 << 15) - 1;
+        if (!tok->wcache->slots || pthread_mutex_init(&tok->wcache->lock, NULL)) {
+            free(tok->wcache->slots);
+            free(tok->wcache);
+            tok->wcache = NULL; /* encoding works without it, only slower */
+        }
+    }
     tok->bpe.unk_id = -1;
     if (tok->bpe.unk_token) {
         tok->bpe.unk_id = tok_strmap_get(&tok->bpe.vocab, tok->bpe.unk_token, strlen(tok->bpe.unk_token));
@@ -1211,6 +1222,12 @@ done:
 }
 
 void tok_free_parts(pio_tokenizer *tok) {
+    if (tok->wcache) {
+        pthread_mutex_destroy(&tok->wcache->lock);
+        free(tok->wcache->slots);
+        free(tok->wcache);
+        tok->wcache = NULL;
+    }
     tok_bpe_free(&tok->bpe);
     tok_ids_free(&tok->post_prefix);
     tok_ids_free(&tok->post_suffix);

@@ -538,6 +538,21 @@ int tok_char_to_byte(uint32_t c) {
 
 /* ---- normalizers ---------------------------------------------------------- */
 
+/* Whether NFC can change c or what is next to it: c decomposes canonically,
+ * has a combining class, can be the second of a composed pair, or is a
+ * conjoining jamo. Any other character (below U+0300 and most of the rest)
+ * is a safe boundary: NFC of a string is NFC of its pieces cut right before
+ * such characters, since nothing composes with them or reorders across them. */
+static bool nfc_may_change(uint32_t c) {
+    if (c < 0x300) return false;
+    if ((c >= 0x1100 && c <= 0x11ff) || (c >= 0xa960 && c <= 0xa97f) || (c >= 0xd7b0 && c <= 0xd7ff))
+        return true;
+    const utf8proc_property_t *p = utf8proc_get_property((utf8proc_int32_t)c);
+    if (p->combining_class != 0) return true;
+    if (p->decomp_seqindex != UINT16_MAX && p->decomp_type == 0) return true; /* canonical */
+    return p->comb_index != UINT16_MAX && p->comb_index >= 0x8000;            /* a second */
+}
+
 bool tok_normalize_needed(const tok_norm_kind *chain, size_t n, const char *s, size_t len) {
     /* ASCII is invariant under all four forms. Below U+0300 NFC changes
      * nothing either (no character there decomposes and no two of them
@@ -546,13 +561,70 @@ bool tok_normalize_needed(const tok_norm_kind *chain, size_t n, const char *s, s
     bool nfc_only = true;
     for (size_t i = 0; i < n; i++) nfc_only &= chain[i] == TOK_NORM_NFC;
     uint8_t limit = nfc_only ? 0xcc : 0x80; /* lead byte of U+0300 */
-    for (size_t i = 0; i < len; i++)
-        if ((uint8_t)s[i] >= limit) return true;
+    size_t i = 0;
+    while (i < len && (uint8_t)s[i] < limit) i++;
+    if (i == len) return false;
+    if (!nfc_only) return true;
+    /* NFC leaves a string alone when none of its characters decomposes
+     * canonically, has a combining class, can be the second of a composed
+     * pair, or is a conjoining jamo: then decomposition changes nothing and
+     * nothing composes. Most text (CJK, Cyrillic, ...) passes this check,
+     * which reads utf8proc's own tables, far cheaper than normalizing. */
+    while (i > 0 && ((uint8_t)s[i] & 0xc0) == 0x80) i--;
+    for (; i < len;) {
+        uint32_t c;
+        i += tok_utf8_decode(s + i, &c);
+        if (nfc_may_change(c)) return true;
+    }
     return false;
+}
+
+/* NFC alone: only the stretches around characters NFC can change go through
+ * utf8proc, each from the safe character before it to the next safe one. */
+static pio_status nfc_pieces(const char *s, size_t len, char **out, size_t *out_len, pio_error *err) {
+    tok_buf b = {0};
+    size_t i = 0, copied = 0, prev = 0; /* prev: start of the last safe character */
+    pio_status st = PIO_OK;
+    if (!tok_buf_reserve(&b, len + 1)) return pio_error_set(err, PIO_ERR_OOM, "out of memory normalizing text");
+    while (i < len && !st) {
+        size_t start = i;
+        uint32_t c;
+        i += tok_utf8_decode(s + i, &c);
+        if (!nfc_may_change(c)) {
+            prev = start;
+            continue;
+        }
+        size_t rs = start == 0 ? 0 : prev, re = i;
+        while (re < len) {
+            size_t k = tok_utf8_decode(s + re, &c);
+            if (!nfc_may_change(c)) break;
+            re += k;
+        }
+        utf8proc_uint8_t *piece = NULL;
+        utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s + rs, (utf8proc_ssize_t)(re - rs),
+                                          &piece, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+        if (r < 0)
+            st = pio_error_set(err, r == UTF8PROC_ERROR_NOMEM ? PIO_ERR_OOM : PIO_ERR_INVALID,
+                               "normalizer: %s", utf8proc_errmsg(r));
+        else if (!tok_buf_append(&b, s + copied, rs - copied) || !tok_buf_append(&b, piece, (size_t)r))
+            st = pio_error_set(err, PIO_ERR_OOM, "out of memory normalizing text");
+        free(piece);
+        copied = i = re;
+    }
+    if (!st && !tok_buf_append(&b, s + copied, len - copied))
+        st = pio_error_set(err, PIO_ERR_OOM, "out of memory normalizing text");
+    if (st) {
+        tok_buf_free(&b);
+        return st;
+    }
+    *out = b.p;
+    *out_len = b.len;
+    return PIO_OK;
 }
 
 pio_status tok_normalize(const tok_norm_kind *chain, size_t n, const char *s, size_t len,
                          char **out, size_t *out_len, pio_error *err) {
+    if (n == 1 && chain[0] == TOK_NORM_NFC) return nfc_pieces(s, len, out, out_len, err);
     static const utf8proc_option_t options[] = {
         [TOK_NORM_NFC] = UTF8PROC_STABLE | UTF8PROC_COMPOSE,
         [TOK_NORM_NFD] = UTF8PROC_STABLE | UTF8PROC_DECOMPOSE,
