@@ -360,6 +360,8 @@ static void test_rope(void) {
         check_rope(3, 4, 16, 16, rnd);
         check_rope(17, 2, 64, 32, rnd); /* partial rotary */
         check_rope(5, 3, 10, 6, rnd);
+        check_rope(4, 8, 128, 128, rnd); /* Qwen3's heads: 8 pairs per vector step */
+        check_rope(2, 3, 52, 40, rnd);   /* 20 pairs: vector steps and a scalar tail */
     }
     pio_error err = {0};
     pio_tensor *x = T(PIO_F32, 3, 4, 16), *x2 = T(PIO_F32, 3, 16);
