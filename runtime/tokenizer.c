@@ -413,24 +413,43 @@ pio_status pio_tokenizer_decode(const pio_tokenizer *tok, const int32_t *ids, si
                                 bool skip_special, char **text, size_t *len, pio_error *err) {
     *text = NULL;
     if (len) *len = 0;
-    tok_buf bytes = {0}, out = {0};
-    bool emitted = false;
-    pio_status st = PIO_OK;
-    for (size_t i = 0; i < n && !st; i++) {
-        if ((st = check_id(tok, ids[i], err))) break;
-        if (!append_token(tok, ids[i], skip_special, &emitted, &bytes))
-            st = pio_error_set(err, PIO_ERR_OOM, "out of memory decoding");
+    /* One pass to check the ids and size the text, one to copy the tokens'
+     * bytes; the lossy UTF-8 pass only runs when the bytes are not valid. */
+    size_t total = 0, count = 0;
+    bool sep = tok->decoder == TOK_DEC_NONE;
+    for (size_t i = 0; i < n; i++) {
+        pio_status st = check_id(tok, ids[i], err);
+        if (st) return st;
+        int32_t id = ids[i];
+        if (tok->dec_len[id] < 0 || (skip_special && tok->special[id])) continue;
+        total += (size_t)tok->dec_len[id] + (sep && count > 0);
+        count++;
     }
-    if (!st && (tok_utf8_lossy(bytes.p ? bytes.p : "", bytes.len, true, &out) == (size_t)-1 ||
-                !tok_buf_append(&out, "", 0)))
-        st = pio_error_set(err, PIO_ERR_OOM, "out of memory decoding");
-    tok_buf_free(&bytes);
-    if (st) {
-        tok_buf_free(&out);
-        return st;
+    char *bytes = malloc(total + 1);
+    if (!bytes) return pio_error_set(err, PIO_ERR_OOM, "out of memory decoding");
+    char *w = bytes;
+    count = 0;
+    for (size_t i = 0; i < n; i++) {
+        int32_t id = ids[i];
+        if (tok->dec_len[id] < 0 || (skip_special && tok->special[id])) continue;
+        if (sep && count++ > 0) *w++ = ' ';
+        memcpy(w, tok->strings.p + tok->dec_off[id], (size_t)tok->dec_len[id]);
+        w += tok->dec_len[id];
     }
-    *text = out.p;
-    if (len) *len = out.len;
+    *w = '\0';
+    if (tok_utf8_valid_up_to(bytes, total) != total) {
+        tok_buf out = {0};
+        if (tok_utf8_lossy(bytes, total, true, &out) == (size_t)-1 || !tok_buf_append(&out, "", 0)) {
+            free(bytes);
+            tok_buf_free(&out);
+            return pio_error_set(err, PIO_ERR_OOM, "out of memory decoding");
+        }
+        free(bytes);
+        bytes = out.p;
+        total = out.len;
+    }
+    *text = bytes;
+    if (len) *len = total;
     return PIO_OK;
 }
 

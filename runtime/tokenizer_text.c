@@ -395,7 +395,14 @@ size_t tok_utf8_valid_up_to(const char *str, size_t len) {
     size_t i = 0;
     while (i < len) {
         if (s[i] < 0x80) {
-            i++;
+            /* ASCII runs, eight bytes at a time */
+            while (i + 8 <= len) {
+                uint64_t w;
+                memcpy(&w, s + i, 8);
+                if (w & 0x8080808080808080ull) break;
+                i += 8;
+            }
+            if (i < len && s[i] < 0x80) i++;
             continue;
         }
         long n = utf8_step(s, len, i);
