@@ -6,6 +6,9 @@
  * pipeline with NFC and the Qwen2 split regex). Components it does not support
  * are refused at load with their names in the message.
  *
+ * A loaded tokenizer may be used by several threads at once (encode keeps a
+ * cache of BPE results shared by all calls, taken with trylock).
+ *
  * Invalid UTF-8 given to encode is refused with PIO_ERR_INVALID naming the byte
  * offset. Decoding turns byte sequences that are not valid UTF-8 into U+FFFD,
  * as tokenizers' decode does; the streaming decoder holds back an incomplete
