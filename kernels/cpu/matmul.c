@@ -16,14 +16,15 @@ typedef struct {
     int64_t first[MAX_W + 1]; /* granule index where each weight's rows begin */
     int64_t granule;          /* rows of w per granule */
     int n_w, n_tasks;
-    pio_matmul_amx_kernel amx; /* when set, every weight goes through it */
-    char *amx_scratch;         /* per thread: panel, then a C tile */
-    size_t amx_scratch_bytes;
+    /* When set, every weight goes through a packing kernel (AMX, or f32 panels). */
+    pio_matmul_amx_kernel packed;
+    char *scratch;             /* per thread: panel, then an edge tile at edge_off */
+    size_t scratch_bytes, edge_off;
 } matmul_ctx;
 
 /* Rows of w per task boundary: a whole register tile (4 rows; 32 for AMX's
  * two B tiles), so only the last task of a weight ever has a partial one. */
-enum { ROW_GRANULE = 4, AMX_GRANULE = 32 };
+enum { ROW_GRANULE = 4, AMX_GRANULE = 32, PACKED_GRANULE = 64 };
 
 pio_matmul_amx_kernel pio_matmul_amx_override;
 
@@ -39,9 +40,9 @@ static void matmul_task(void *arg, int task, int thread) {
         if (lo >= hi) continue;
         int64_t m0 = (lo - c->first[i]) * c->granule, m1 = (hi - c->first[i]) * c->granule;
         if (m1 > c->job[i].m) m1 = c->job[i].m;
-        if (c->amx) {
-            char *mine = c->amx_scratch + (size_t)thread * c->amx_scratch_bytes;
-            c->amx(&c->job[i], m0, m1, mine, (float *)(mine + c->amx_scratch_bytes - 1024));
+        if (c->packed) {
+            char *mine = c->scratch + (size_t)thread * c->scratch_bytes;
+            c->packed(&c->job[i], m0, m1, mine, (float *)(mine + c->edge_off));
         } else {
             c->kernel[i](&c->job[i], m0, m1);
         }
@@ -164,12 +165,22 @@ pio_status pio_cpu_matmul_ex(pio_threadpool *pool, const pio_tensor *x, int n_w,
     if (n == 0) return PIO_OK;
     bool dot = false, all_bf16 = true;
     for (int i = 0; i < n_w; i++) all_bf16 = all_bf16 && w[i]->dtype == PIO_BF16;
-    /* AMX for prompts (16 tokens fill a tile's rows) of bf16-mode matmuls. */
+    bool all_f32 = true;
+    for (int i = 0; i < n_w; i++) all_f32 = all_f32 && w[i]->dtype == PIO_F32;
+    /* AMX for prompts (16 tokens fill a tile's rows) of bf16-mode matmuls;
+     * packed f32 panels for f32 prompts. */
+    bool amx = false;
     if (x_bf16 && all_bf16 && n >= 16) {
-        if (pio_matmul_amx_override) c.amx = pio_matmul_amx_override;
-        else if (pio_cpu_level_get() >= PIO_CPU_AMX) c.amx = pio_matmul_bf16_amx;
+        if (pio_matmul_amx_override) c.packed = pio_matmul_amx_override, amx = true;
+        else if (pio_cpu_level_get() >= PIO_CPU_AMX) c.packed = pio_matmul_bf16_amx, amx = true;
     }
-    if (c.amx) c.granule = AMX_GRANULE;
+    if (!c.packed && all_f32 && n >= 16 && pio_cpu_level_get() >= PIO_CPU_AVX512) {
+        c.packed = pio_matmul_f32_packed_avx512;
+        c.granule = PACKED_GRANULE;
+        c.scratch_bytes = 256 * 64 * 4 + 6 * 64 * 4; /* KC · NR panel, MR · NR edge */
+        c.edge_off = 256 * 64 * 4;
+    }
+    if (amx) c.granule = AMX_GRANULE;
     for (int i = 0; i < n_w; i++) {
         c.job[i] = (pio_matmul_job){.x = pio_tensor_data(x), .w = pio_tensor_data(w[i]),
                                     .y = pio_tensor_data(y[i]), .n = n, .k = k,
@@ -181,16 +192,19 @@ pio_status pio_cpu_matmul_ex(pio_threadpool *pool, const pio_tensor *x, int n_w,
             memset(c.job[i].y, 0, (size_t)(n * c.job[i].m) * sizeof(float));
     }
     if (k == 0 || c.first[n_w] == 0) return PIO_OK;
-    if (c.amx) {
+    if (amx) {
         int64_t ld = (k + 31) / 32 * 32, rows = (n + 31) / 32 * 32;
         const uint16_t *xb = x_to_bf16(pool, c.job[0].x, n, k, ld, rows, err);
-        c.amx_scratch_bytes = (size_t)(ld / 32) * 2048 + 1024;
-        size_t threads = (size_t)pio_threadpool_size(pool);
-        if (!xb || !grow((void **)&amx_buf, &amx_cap, threads * c.amx_scratch_bytes))
-            return xb ? pio_error_set(err, PIO_ERR_OOM, "matmul: out of memory for AMX panels")
-                      : err->status;
-        c.amx_scratch = amx_buf;
+        if (!xb) return err->status;
+        c.scratch_bytes = (size_t)(ld / 32) * 2048 + 1024;
+        c.edge_off = c.scratch_bytes - 1024;
         for (int i = 0; i < n_w; i++) c.job[i].xb = xb, c.job[i].xb_ld = ld;
+    }
+    if (c.packed) {
+        size_t threads = (size_t)pio_threadpool_size(pool);
+        if (!grow((void **)&amx_buf, &amx_cap, threads * c.scratch_bytes))
+            return pio_error_set(err, PIO_ERR_OOM, "matmul: out of memory for packed panels");
+        c.scratch = amx_buf;
     } else if (dot) {
         const uint16_t *xb = x_to_bf16(pool, c.job[0].x, n, k, k, n, err);
         if (!xb) return err->status;

@@ -32,6 +32,10 @@ typedef void (*pio_matmul_amx_kernel)(const pio_matmul_job *job, int64_t m0, int
                                       void *panel, float *ctile);
 void pio_matmul_bf16_amx(const pio_matmul_job *job, int64_t m0, int64_t m1, void *panel,
                          float *ctile);
+/* f32 prompts (AVX-512): w packed 64 rows × 256 k at a time into scratch
+ * (64 KiB), 6 × 64 register tiles; edge: 1.5 KiB. Same signature as AMX's. */
+void pio_matmul_f32_packed_avx512(const pio_matmul_job *job, int64_t m0, int64_t m1,
+                                  void *scratch, float *edge);
 /* Tests only: when set, bf16-mode matmuls of 16 tokens or more take the AMX
  * path with this kernel (an emulation), whatever the CPU. */
 extern pio_matmul_amx_kernel pio_matmul_amx_override;

@@ -166,6 +166,9 @@ static void test_matmul_values(void) {
     check_matmul_ex(pools[1], 4, 33, 19, PIO_BF16, 4, true);
     check_matmul_ex(pools[1], 5, 130, 67, PIO_F32, 3, true); /* f32 weights: no bf16 path */
     check_matmul_ex(pools[1], 5, 130, 67, PIO_F32, 2, false);
+    /* f32 prompts: packed 64-row panels, k blocks of 256, tile edges */
+    check_matmul_ex(pools[1], 100, 600, 150, PIO_F32, 2, false);
+    check_matmul_ex(pools[0], 16, 257, 64, PIO_F32, 1, false);
     check_matmul_ex(pools[1], 300, 2050, 40, PIO_BF16, 2, true); /* several x blocks */
     check_matmul_ex(pools[1], 1, 4096, 257, PIO_BF16, 1, true);
 }
