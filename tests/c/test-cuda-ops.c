@@ -283,10 +283,12 @@ static void check_norm(int64_t rows, int64_t d, pio_dtype xd, pio_dtype wd, bool
     CHECK_MSG(st == PIO_OK, "%s", err.msg);
     pio_tensor *got = down(y), *gx = down(x);
     tally t = {0}, tx = {0};
+    /* f32: the sums of squares are added in different orders (16 AVX lanes
+     * on the CPU, a block tree here): 1e-5 leaves room for that at d = 5000. */
     if (rnd || xd == PIO_BF16)
-        compare(&t, got, want, 2e-6, 1e-30, 1.0 / 128, 1e-30);
+        compare(&t, got, want, 1e-5, 1e-30, 1.0 / 128, 1e-30);
     else
-        compare(&t, got, want, 2e-6, 1e-30, 2e-6, 1e-30);
+        compare(&t, got, want, 1e-5, 1e-30, 1e-5, 1e-30);
     compare(&tx, gx, xw, 0, 0, 0, 0); /* the residual sum is exact (then one rounding) */
     CHECK_MSG(ok(&t, 0.02) && ok(&tx, 0),
               "rmsnorm rows=%lld d=%lld x %s w %s round=%d resid=%d: %lld bad %lld off, x %lld bad",
@@ -297,7 +299,7 @@ static void check_norm(int64_t rows, int64_t d, pio_dtype xd, pio_dtype wd, bool
         CHECK(pio_cuda_rmsnorm(ctx, x, w, eps, x, rnd, &err) == PIO_OK);
         pio_tensor *g2 = down(x);
         tally t2 = {0};
-        compare(&t2, g2, want, 2e-6, 1e-30, rnd || xd == PIO_BF16 ? 1.0 / 128 : 2e-6, 1e-30);
+        compare(&t2, g2, want, 1e-5, 1e-30, rnd || xd == PIO_BF16 ? 1.0 / 128 : 1e-5, 1e-30);
         CHECK_MSG(ok(&t2, 0.02), "rmsnorm in place rows=%lld d=%lld", (long long)rows, (long long)d);
         pio_tensor_free(g2);
     }
