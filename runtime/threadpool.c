@@ -1,13 +1,15 @@
 /* A small pthread pool built for many short runs (a decode step is a few
  * hundred of them, each tens of microseconds).
  *
- * A run publishes its job and bumps an atomic generation counter; workers
- * spin on that counter for a while after each run (PIO_SPIN_US, default
- * 300 µs) and only then sleep on a condition variable, so back-to-back runs
- * never pay for a futex wake-up, while an idle pool costs nothing. Tasks are
- * claimed with an atomic counter, so uneven tasks balance themselves; the
- * caller waits for the workers by spinning on a count of the ones still busy
- * (yielding the CPU after a while, for machines with more threads than cores).
+ * A run publishes its job, then one 64-bit atomic word: the run's generation
+ * in the high half and the next task to claim in the low half. Threads claim
+ * tasks by compare-and-swap on that word, so a thread that is late (still
+ * waking, or descheduled on a busy machine) can never claim a task of a run
+ * it did not see start; and the caller waits for the tasks to be done, not
+ * for every worker to check in, so a worker that never got a core costs
+ * nothing. Idle workers spin on the word for PIO_SPIN_US (default 100 µs)
+ * after each run, so back-to-back runs pay no futex wake-up, and then sleep
+ * on a condition variable, so an idle pool costs nothing.
  */
 #define _GNU_SOURCE
 #include "pio/threadpool.h"
@@ -15,6 +17,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,16 +34,16 @@ struct pio_threadpool {
     pthread_t *workers;
     pthread_mutex_t mu;
     pthread_cond_t wake;
-    atomic_uint generation; /* bumped per run; workers wait for a new one */
-    atomic_int sleepers;    /* workers asleep (or about to be) on `wake` */
+    _Atomic uint64_t state;  /* generation << 32 | next task to claim */
+    atomic_int done;         /* tasks of the current run finished */
+    atomic_int sleepers;     /* workers asleep (or about to be) on `wake` */
     atomic_int stopping;
-    long spin_ns;           /* how long an idle worker spins before sleeping */
-    /* the current run */
+    uint32_t generation;     /* the caller's copy of the current generation */
+    long spin_ns;            /* how long an idle worker spins before sleeping */
+    /* the current run, written before `state` publishes it */
     pio_task_fn fn;
     void *ctx;
     int n_tasks;
-    atomic_int next_task;
-    atomic_int busy_workers;
 };
 
 typedef struct {
@@ -48,26 +51,35 @@ typedef struct {
     int thread;
 } worker_arg;
 
+enum { CLOSED = 0xffffffffu }; /* task index of a finished run: nothing left to claim */
+
 static long now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
-static void drain(pio_threadpool *p, int thread) {
+/* Claims and runs tasks of generation gen until none are left. */
+static void drain(pio_threadpool *p, uint32_t gen, int thread) {
+    uint64_t s = atomic_load_explicit(&p->state, memory_order_acquire);
     for (;;) {
-        int task = atomic_fetch_add_explicit(&p->next_task, 1, memory_order_relaxed);
-        if (task >= p->n_tasks) break;
-        p->fn(p->ctx, task, thread);
+        if ((uint32_t)(s >> 32) != gen || (uint32_t)s >= (uint32_t)p->n_tasks) return;
+        if (!atomic_compare_exchange_weak_explicit(&p->state, &s, s + 1, memory_order_acquire,
+                                                   memory_order_acquire))
+            continue; /* s reloaded */
+        /* The run cannot end (nor fn/ctx change) before this task is counted done. */
+        p->fn(p->ctx, (int)(uint32_t)s, thread);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        s = atomic_load_explicit(&p->state, memory_order_acquire);
     }
 }
 
 /* Waits for a generation other than `seen`: spins first, then sleeps. */
-static unsigned wait_for_run(pio_threadpool *p, unsigned seen) {
-    unsigned g;
+static uint32_t wait_for_run(pio_threadpool *p, uint32_t seen) {
+    uint32_t g;
     long deadline = 0;
     for (int i = 0;; i++) {
-        g = atomic_load_explicit(&p->generation, memory_order_acquire);
+        g = (uint32_t)(atomic_load_explicit(&p->state, memory_order_acquire) >> 32);
         if (g != seen || atomic_load_explicit(&p->stopping, memory_order_relaxed)) return g;
         cpu_relax();
         if ((i & 63) == 63) { /* check the clock now and then */
@@ -77,8 +89,8 @@ static unsigned wait_for_run(pio_threadpool *p, unsigned seen) {
         }
     }
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add(&p->sleepers, 1); /* seq_cst: pairs with the run's generation/sleepers */
-    while ((g = atomic_load(&p->generation)) == seen && !atomic_load(&p->stopping))
+    atomic_fetch_add(&p->sleepers, 1); /* seq_cst: pairs with the run's state/sleepers */
+    while ((g = (uint32_t)(atomic_load(&p->state) >> 32)) == seen && !atomic_load(&p->stopping))
         pthread_cond_wait(&p->wake, &p->mu);
     atomic_fetch_sub(&p->sleepers, 1);
     pthread_mutex_unlock(&p->mu);
@@ -89,12 +101,11 @@ static void *worker_main(void *arg) {
     worker_arg a = *(worker_arg *)arg;
     free(arg);
     pio_threadpool *p = a.pool;
-    unsigned seen = 0;
+    uint32_t seen = 0;
     for (;;) {
         seen = wait_for_run(p, seen);
         if (atomic_load(&p->stopping)) break;
-        drain(p, a.thread);
-        atomic_fetch_sub_explicit(&p->busy_workers, 1, memory_order_release);
+        drain(p, seen, a.thread);
     }
     return NULL;
 }
@@ -111,7 +122,7 @@ pio_threadpool *pio_threadpool_new(int n_threads, pio_error *err) {
     }
     p->n_threads = n_threads;
     const char *spin = getenv("PIO_SPIN_US");
-    p->spin_ns = (spin && *spin ? atol(spin) : 300) * 1000L;
+    p->spin_ns = (spin && *spin ? atol(spin) : 100) * 1000L;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     p->workers = calloc((size_t)n_threads, sizeof *p->workers);
@@ -157,22 +168,24 @@ void pio_threadpool_run(pio_threadpool *p, int n_tasks, pio_task_fn fn, void *ct
         for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
         return;
     }
-    /* Workers only read the job after seeing the new generation (acquire),
-     * and the previous run ended with every worker done (busy_workers == 0). */
+    /* The previous run is over (all its tasks done), so nobody reads these now. */
     p->fn = fn;
     p->ctx = ctx;
     p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next_task, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->busy_workers, p->n_threads - 1, memory_order_relaxed);
-    atomic_fetch_add(&p->generation, 1); /* seq_cst: a sleeper either sees it or is counted */
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    uint32_t gen = ++p->generation;
+    atomic_store(&p->state, (uint64_t)gen << 32); /* seq_cst: publishes the job; pairs with sleepers */
     if (atomic_load(&p->sleepers) > 0) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->wake);
         pthread_mutex_unlock(&p->mu);
     }
-    drain(p, 0);
-    for (int i = 0; atomic_load_explicit(&p->busy_workers, memory_order_acquire) > 0; i++) {
+    drain(p, gen, 0);
+    for (int i = 0; atomic_load_explicit(&p->done, memory_order_acquire) < n_tasks; i++) {
         if (i < 20000) cpu_relax();
-        else sched_yield(); /* a worker lost its core: let it have ours */
+        else sched_yield(); /* a worker lost its core mid-task: let it have ours */
     }
+    /* Close the run before the next one rewrites the job: a late thread that
+     * read an open state of this run then fails its compare-and-swap. */
+    atomic_store(&p->state, (uint64_t)gen << 32 | CLOSED);
 }

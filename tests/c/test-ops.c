@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <float.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
@@ -809,6 +810,38 @@ static void bench_matvec(void) {
     pio_tensor_free(y);
 }
 
+/* ---- the thread pool under many short runs --------------------------------- */
+
+static _Atomic long pool_hits;
+static void pool_task(void *ctx, int task, int thread) {
+    (void)ctx, (void)thread;
+    atomic_fetch_add(&pool_hits, task + 1);
+}
+
+/* Every task of every run runs exactly once and is done when run returns,
+ * with more threads than cores and with workers that sleep between runs. */
+static void test_threadpool(void) {
+    for (int spin = 0; spin < 2; spin++) {
+        setenv("PIO_SPIN_US", spin ? "100" : "0", 1);
+        for (int threads = 2; threads <= 4; threads += 2) {
+            pio_error err = {0};
+            pio_threadpool *p = pio_threadpool_new(threads, &err);
+            long expect = 0;
+            int bad = 0;
+            atomic_store(&pool_hits, 0);
+            for (int r = 0; r < 20000 && !bad; r++) {
+                int n = 1 + r % 9;
+                pio_threadpool_run(p, n, pool_task, NULL);
+                expect += (long)n * (n + 1) / 2;
+                bad = atomic_load(&pool_hits) != expect;
+            }
+            CHECK_MSG(!bad, "thread pool of %d (spin %d): a task ran twice or late", threads, spin);
+            pio_threadpool_free(p);
+        }
+    }
+    unsetenv("PIO_SPIN_US");
+}
+
 int main(void) {
     pio_error err = {0};
     pools[0] = pio_threadpool_new(1, &err);
@@ -819,6 +852,7 @@ int main(void) {
     }
     printf("cpu dispatch level: %s\n", pio_cpu_level_name(pio_cpu_level_get()));
 
+    test_threadpool();
     test_matmul_dispatch();
     test_matmul_amx_emulated();
     test_matmul_rejects();
