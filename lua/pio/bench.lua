@@ -141,6 +141,12 @@ function M.git_revision()
   return shell("git describe --always --dirty --abbrev=12")
 end
 
+-- Memory the kernel says can still be had without swapping, in bytes.
+function M.mem_available()
+  local kb = tonumber((read_file("/proc/meminfo") or ""):match("MemAvailable:%s*(%d+)"))
+  return kb and kb * 1024 or nil
+end
+
 -- The process's peak resident memory so far, in bytes (Linux VmHWM).
 function M.peak_rss()
   local s = read_file("/proc/self/status") or ""
@@ -344,14 +350,46 @@ function M.run(suite, opts)
     local weight_bytes = model:decode_bytes()
     local label = string.format("%s %s", m.name, m.dtype)
     local per_test = {}
+
+    -- Peers export while the model is loaded. When both copies fit in memory
+    -- the peer runs each test right after pio's, so that both see the same
+    -- load on a shared machine; otherwise after the model is freed.
+    local handles, peers = {}, suite.peers or {}
+    for i, p in ipairs(peers) do
+      local ctx = { model = model, spec = m, info = info, threads = info.threads, log = log }
+      local ok, h, why = pcall(p.prepare, ctx)
+      if not ok then h, why = nil, tostring(h) end
+      handles[i] = { handle = h, why = why, results = {} }
+    end
+    local avail = M.mem_available()
+    local interleave = #peers > 0 and suite.interleave ~= false and avail ~= nil
+      and avail > 1.3 * info.weight_bytes
+    local function run_peers(specs)
+      for i, p in ipairs(peers) do
+        local h = handles[i]
+        if h.handle then
+          local ctx = { spec = m, info = info, threads = info.threads, log = log, reps = reps,
+                        specs = specs }
+          local ok, res, w = pcall(p.run, h.handle, ctx)
+          if ok and res then
+            for k, v in pairs(res) do h.results[k] = v end
+            h.ran = true
+          else
+            h.why = ok and w or tostring(res)
+          end
+        end
+      end
+    end
+
     for _, spec in ipairs(suite.specs) do
       log("  %s: %s ...", label, spec.name)
+      local load = M.machine().load_average
       local r = M.measure(model, spec, reps, { n_batch = m.n_batch })
       per_test[spec.name] = r
       local row = {
         model = m.name, dtype = m.dtype, size_bytes = info.weight_bytes,
         params = info.parameters, backend = "CPU", threads = info.threads, test = spec.name,
-        tps = r.mean, tps_sd = r.sd, samples = r.samples,
+        tps = r.mean, tps_sd = r.sd, samples = r.samples, load_average = load,
       }
       if spec.decode and bandwidth then
         row.roofline_bytes = decode_bytes(info, weight_bytes, spec.depth)
@@ -361,38 +399,29 @@ function M.run(suite, opts)
       result.rows[#result.rows + 1] = row
       rows[#rows + 1] = { label, gib(info.weight_bytes), string.format("%.2f B", info.parameters / 1e9),
                           "CPU", tostring(info.threads), spec.name, fmt_tps(r) }
+      if interleave then run_peers({ spec }) end
     end
     result.models[#result.models + 1] = {
       name = m.name, dtype = m.dtype, path = m.path, seed = m.seed, params = info.parameters,
       weight_bytes = info.weight_bytes, decode_bytes = weight_bytes, kv_bytes = info.kv_bytes,
-      peak_rss_bytes = M.peak_rss(),
+      peak_rss_bytes = M.peak_rss(), peers_interleaved = interleave,
     }
     log("  peak memory so far: %s", gib(M.peak_rss() or 0))
-
-    -- Peers: export while the model is loaded, run after it is gone.
-    local handles = {}
-    for i, p in ipairs(suite.peers or {}) do
-      local ctx = { model = model, spec = m, info = info, threads = info.threads, log = log }
-      local ok, h, why = pcall(p.prepare, ctx)
-      if not ok then h, why = nil, tostring(h) end
-      handles[i] = { handle = h, why = why }
-    end
     model:free()
     collectgarbage()
-    for i, p in ipairs(suite.peers or {}) do
-      local peer_results, why = nil, handles[i].why
-      if handles[i].handle then
-        local ctx = { spec = m, info = info, threads = info.threads, log = log, reps = reps,
-                      specs = suite.specs }
-        local ok, res, w = pcall(p.run, handles[i].handle, ctx)
-        if ok then peer_results, why = res, w else why = tostring(res) end
-      end
+    if not interleave then run_peers(suite.specs) end
+
+    for i, p in ipairs(peers) do
+      local h = handles[i]
+      local peer_results = h.ran and h.results or nil
+      local why = h.why
       if not peer_results then log("  peer %s: not run (%s)", p.name, tostring(why)) end
       for _, spec in ipairs(suite.specs) do
         local mine, theirs = per_test[spec.name], peer_results and peer_results[spec.name]
         local c = {
           test = spec.name, model = m.name, dtype = m.dtype, peer = p.name, tps = mine.mean,
           peer_tps = theirs and theirs.mean or nil, peer_sd = theirs and theirs.sd or nil,
+          peer_samples = theirs and theirs.samples or nil,
           ratio = theirs and mine.mean / theirs.mean or nil,
           peer_missing = not peer_results and tostring(why) or nil,
         }

@@ -108,7 +108,8 @@ describe("pio.bench", function()
           assert.is_nil(r.roofline_fraction)
         end
       end
-      assert.same({ "f32" }, peer_ran)
+      -- the tiny model fits twice in memory: the peer runs after each of pio's tests
+      assert.same({ "f32", "f32", "f32", "f32" }, peer_ran)
       local decoded = cjson.decode(slurp(json))
       assert.equal(8, #decoded.rows)
       assert.equal(8, #decoded.comparisons)
@@ -135,6 +136,23 @@ describe("pio.bench", function()
       assert.truthy(text:find("missing", 1, true))
       assert.truthy(text:find("fake: a fake peer", 1, true))
       os.execute("rm -rf " .. dir)
+    end)
+
+    it("runs peers once, after the model is freed, when interleaving is off", function()
+      local suite = assert(bench.load_suite((function()
+        local dir = tmpdir()
+        write(dir .. "/s.lua", string.format([[return { threads = 1, reps = 1, interleave = false,
+          models = { { name = "tiny", path = %q, dtype = "f32" } }, tests = { "pp2", "tg2" } }]], tiny))
+        return dir .. "/s.lua"
+      end)()))
+      local calls = {}
+      suite.peers = { { name = "fake", prepare = function() return "h" end,
+        run = function(_, ctx) calls[#calls + 1] = #ctx.specs return { pp2 = { mean = 2, sd = 0 } } end } }
+      local res = bench.run(suite, { out = buffer(), log = function() end })
+      assert.same({ 2 }, calls)
+      assert.equal(2, res.comparisons[1].peer_tps)
+      assert.is_nil(res.comparisons[2].peer_tps) -- the peer gave no tg2
+      assert.is_false(res.models[1].peers_interleaved)
     end)
 
     it("rejects a suite without models and a bad test", function()
