@@ -17,13 +17,45 @@ enum { MR = 6, NR = 64, KC = 256 };
  * panel[kk][n]. */
 static void pack(const float *w, int64_t k, int64_t j0, int64_t m1, int64_t k0, int64_t kc,
                  float *panel) {
-    for (int n = 0; n < NR; n++) {
-        int64_t row = j0 + n;
-        if (row < m1) {
-            const float *src = w + row * k + k0;
-            for (int64_t kk = 0; kk < kc; kk++) panel[kk * NR + n] = src[kk];
-        } else {
-            for (int64_t kk = 0; kk < kc; kk++) panel[kk * NR + n] = 0.0f;
+    /* 16 rows at a time: 16 k of each row (one 64-byte load per row), then
+     * a 16 × 16 transpose in registers (unpack/shuffle network), 16 stores. */
+    for (int n0 = 0; n0 < NR; n0 += 16) {
+        const float *src[16];
+        int live = 0;
+        for (int i = 0; i < 16; i++) {
+            int64_t row = j0 + n0 + i;
+            src[i] = row < m1 ? w + row * k + k0 : NULL;
+            live += row < m1;
+        }
+        for (int64_t kk = 0; kk < kc; kk += 16) {
+            __mmask16 m = kc - kk >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (kc - kk)) - 1);
+            __m512 r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = i < live && src[i] ? _mm512_maskz_loadu_ps(m, src[i] + kk) : _mm512_setzero_ps();
+            /* transpose: t[c] lane i = r[i] lane c */
+            __m512 t[16];
+            for (int i = 0; i < 16; i += 2) {
+                t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+                t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+            }
+            for (int i = 0; i < 16; i += 4) {
+                r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+                r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+                r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+                r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+            }
+            /* r[4g + q] holds, per 128-bit lane L, column 4L + q of rows 4g..4g+3 */
+            for (int q = 0; q < 4; q++) {
+                __m512 a = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x88);      /* lanes 0,2 | 0,2 */
+                __m512 b = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xdd);      /* lanes 1,3 | 1,3 */
+                __m512 c = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x88);
+                __m512 d = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xdd);
+                t[q] = _mm512_shuffle_f32x4(a, c, 0x88);      /* column q:      lane 0 of each */
+                t[8 + q] = _mm512_shuffle_f32x4(a, c, 0xdd);  /* column 8 + q:  lane 2 */
+                t[4 + q] = _mm512_shuffle_f32x4(b, d, 0x88);  /* column 4 + q:  lane 1 */
+                t[12 + q] = _mm512_shuffle_f32x4(b, d, 0xdd); /* column 12 + q: lane 3 */
+            }
+            for (int c = 0; c < 16 && kk + c < kc; c++) _mm512_store_ps(panel + (kk + c) * NR + n0, t[c]);
         }
     }
 }
