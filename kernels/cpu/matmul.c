@@ -174,6 +174,14 @@ pio_status pio_cpu_matmul_ex(pio_threadpool *pool, const pio_tensor *x, int n_w,
         if (pio_matmul_amx_override) c.packed = pio_matmul_amx_override, amx = true;
         else if (pio_cpu_level_get() >= PIO_CPU_AMX) c.packed = pio_matmul_bf16_amx, amx = true;
     }
+    bool packed_dot = false;
+    if (!c.packed && x_bf16 && all_bf16 && n >= 16 && k % 2 == 0 &&
+        pio_cpu_level_get() >= PIO_CPU_AVX512_BF16) {
+        c.packed = pio_matmul_bf16_packed_avx512, packed_dot = true;
+        c.granule = PACKED_GRANULE;
+        c.scratch_bytes = 256 * 64 * 4 + 6 * 64 * 4; /* KP · NR pairs, MR · NR edge */
+        c.edge_off = 256 * 64 * 4;
+    }
     if (!c.packed && all_f32 && n >= 16 && pio_cpu_level_get() >= PIO_CPU_AVX512) {
         c.packed = pio_matmul_f32_packed_avx512;
         c.granule = PACKED_GRANULE;
@@ -199,6 +207,11 @@ pio_status pio_cpu_matmul_ex(pio_threadpool *pool, const pio_tensor *x, int n_w,
         c.scratch_bytes = (size_t)(ld / 32) * 2048 + 1024;
         c.edge_off = c.scratch_bytes - 1024;
         for (int i = 0; i < n_w; i++) c.job[i].xb = xb, c.job[i].xb_ld = ld;
+    }
+    if (packed_dot) {
+        const uint16_t *xb = x_to_bf16(pool, c.job[0].x, n, k, k, n, err);
+        if (!xb) return err->status;
+        for (int i = 0; i < n_w; i++) c.job[i].xb = xb;
     }
     if (c.packed) {
         size_t threads = (size_t)pio_threadpool_size(pool);

@@ -36,6 +36,10 @@ void pio_matmul_bf16_amx(const pio_matmul_job *job, int64_t m0, int64_t m1, void
  * (64 KiB), 6 × 64 register tiles; edge: 1.5 KiB. Same signature as AMX's. */
 void pio_matmul_f32_packed_avx512(const pio_matmul_job *job, int64_t m0, int64_t m1,
                                   void *scratch, float *edge);
+/* bf16 mode, prompts (AVX-512 BF16): xb (ld = k, k even) · bf16 w packed as
+ * pairs 64 rows × 512 k at a time (64 KiB), 6 × 64 tiles of vdpbf16ps. */
+void pio_matmul_bf16_packed_avx512(const pio_matmul_job *job, int64_t m0, int64_t m1,
+                                   void *scratch, float *edge);
 /* Tests only: when set, bf16-mode matmuls of 16 tokens or more take the AMX
  * path with this kernel (an emulation), whatever the CPU. */
 extern pio_matmul_amx_kernel pio_matmul_amx_override;

@@ -15,49 +15,61 @@ enum { MR = 6, NR = 64, KC = 256 };
 
 /* Rows j0..j0+63 of w (zeros past m1), k in [k0, k0 + kc), transposed into
  * panel[kk][n]. */
-static void pack(const float *w, int64_t k, int64_t j0, int64_t m1, int64_t k0, int64_t kc,
-                 float *panel) {
-    /* 16 rows at a time: 16 k of each row (one 64-byte load per row), then
-     * a 16 × 16 transpose in registers (unpack/shuffle network), 16 stores. */
+/* t[c] lane i = r[i] lane c: a 16 × 16 transpose of 32-bit elements. */
+static ALWAYS_INLINE void transpose16(__m512 r[16], __m512 t[16]) {
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 2]);
+        __m512d c = _mm512_castps_pd(t[i + 1]), d = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    /* r[4g + q] holds, per 128-bit lane L, column 4L + q of rows 4g..4g+3 */
+    for (int q = 0; q < 4; q++) {
+        __m512 a = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x88); /* lanes 0,2 | 0,2 */
+        __m512 b = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xdd); /* lanes 1,3 | 1,3 */
+        __m512 c = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x88);
+        __m512 d = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xdd);
+        t[q] = _mm512_shuffle_f32x4(a, c, 0x88);
+        t[8 + q] = _mm512_shuffle_f32x4(a, c, 0xdd);
+        t[4 + q] = _mm512_shuffle_f32x4(b, d, 0x88);
+        t[12 + q] = _mm512_shuffle_f32x4(b, d, 0xdd);
+    }
+}
+
+/* Rows j0..j0+63 of a [m, ld] matrix of 32-bit elements (rows past m1 as
+ * zeros), columns [c0, c0 + cols), transposed into panel[c][n], 16 rows and
+ * 16 columns at a time (one 64-byte load per row, the transpose in
+ * registers). f32 weights: elements are values; bf16: pairs (VNNI). */
+static void pack32(const uint32_t *w, int64_t ld, int64_t j0, int64_t m1, int64_t c0,
+                   int64_t cols, uint32_t *panel) {
     for (int n0 = 0; n0 < NR; n0 += 16) {
-        const float *src[16];
-        int live = 0;
+        const uint32_t *src[16];
         for (int i = 0; i < 16; i++) {
             int64_t row = j0 + n0 + i;
-            src[i] = row < m1 ? w + row * k + k0 : NULL;
-            live += row < m1;
+            src[i] = row < m1 ? w + row * ld + c0 : NULL;
         }
-        for (int64_t kk = 0; kk < kc; kk += 16) {
-            __mmask16 m = kc - kk >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (kc - kk)) - 1);
-            __m512 r[16];
+        for (int64_t cc = 0; cc < cols; cc += 16) {
+            __mmask16 m = cols - cc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - cc)) - 1);
+            __m512 r[16], t[16];
             for (int i = 0; i < 16; i++)
-                r[i] = i < live && src[i] ? _mm512_maskz_loadu_ps(m, src[i] + kk) : _mm512_setzero_ps();
-            /* transpose: t[c] lane i = r[i] lane c */
-            __m512 t[16];
-            for (int i = 0; i < 16; i += 2) {
-                t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-                t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-            }
-            for (int i = 0; i < 16; i += 4) {
-                r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-                r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-                r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-                r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-            }
-            /* r[4g + q] holds, per 128-bit lane L, column 4L + q of rows 4g..4g+3 */
-            for (int q = 0; q < 4; q++) {
-                __m512 a = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x88);      /* lanes 0,2 | 0,2 */
-                __m512 b = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xdd);      /* lanes 1,3 | 1,3 */
-                __m512 c = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x88);
-                __m512 d = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xdd);
-                t[q] = _mm512_shuffle_f32x4(a, c, 0x88);      /* column q:      lane 0 of each */
-                t[8 + q] = _mm512_shuffle_f32x4(a, c, 0xdd);  /* column 8 + q:  lane 2 */
-                t[4 + q] = _mm512_shuffle_f32x4(b, d, 0x88);  /* column 4 + q:  lane 1 */
-                t[12 + q] = _mm512_shuffle_f32x4(b, d, 0xdd); /* column 12 + q: lane 3 */
-            }
-            for (int c = 0; c < 16 && kk + c < kc; c++) _mm512_store_ps(panel + (kk + c) * NR + n0, t[c]);
+                r[i] = src[i] ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(m, src[i] + cc))
+                              : _mm512_setzero_ps();
+            transpose16(r, t);
+            for (int c = 0; c < 16 && cc + c < cols; c++)
+                _mm512_store_ps((float *)panel + (cc + c) * NR + n0, t[c]);
         }
     }
+}
+
+static void pack(const float *w, int64_t k, int64_t j0, int64_t m1, int64_t k0, int64_t kc,
+                 float *panel) {
+    pack32((const uint32_t *)w, k, j0, m1, k0, kc, (uint32_t *)panel);
 }
 
 /* c[MR][NR] (row stride ldc) = (first ? 0 : c) + x[mr rows, kc] · panel. */
@@ -125,6 +137,83 @@ void pio_matmul_f32_packed_avx512(const pio_matmul_job *J, int64_t m0, int64_t m
                 for (int a = 0; a < mr && !first; a++)
                     memcpy(edge + a * NR, y + a * m, (size_t)cols * sizeof(float));
                 micro_any(x, k, panel, kc, edge, NR, mr, first);
+                for (int a = 0; a < mr; a++)
+                    memcpy(y + a * m, edge + a * NR, (size_t)cols * sizeof(float));
+            }
+        }
+    }
+}
+
+/* ---- bf16 mode: the same scheme with vdpbf16ps on pairs ------------------------
+ * x (job->xb, bf16, k even) times w bf16 packed as pairs: panel[kp][n] holds
+ * (w[n][2kp], w[n][2kp+1]); a broadcast x pair times a panel row adds both
+ * products into f32 (exact products, as in matmul_dot_avx512.c). KP = 256
+ * pairs (512 k) per block: a 64 KiB panel. */
+enum { KP = 256 };
+
+static ALWAYS_INLINE void micro_dot(const uint32_t *x, int64_t ldx, const uint32_t *panel,
+                                    int64_t kpc, float *c, int64_t ldc, int mr, int first) {
+    __m512 acc[MR][4];
+#pragma GCC unroll 6
+    for (int a = 0; a < mr; a++)
+#pragma GCC unroll 4
+        for (int b = 0; b < 4; b++)
+            acc[a][b] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + a * ldc + 16 * b);
+    for (int64_t kp = 0; kp < kpc; kp++) {
+        const uint32_t *p = panel + kp * NR;
+        __m512bh w0 = (__m512bh)_mm512_load_si512((const void *)p);
+        __m512bh w1 = (__m512bh)_mm512_load_si512((const void *)(p + 16));
+        __m512bh w2 = (__m512bh)_mm512_load_si512((const void *)(p + 32));
+        __m512bh w3 = (__m512bh)_mm512_load_si512((const void *)(p + 48));
+#pragma GCC unroll 6
+        for (int a = 0; a < mr; a++) {
+            __m512bh xv = (__m512bh)_mm512_set1_epi32((int)x[a * ldx + kp]);
+            acc[a][0] = _mm512_dpbf16_ps(acc[a][0], xv, w0);
+            acc[a][1] = _mm512_dpbf16_ps(acc[a][1], xv, w1);
+            acc[a][2] = _mm512_dpbf16_ps(acc[a][2], xv, w2);
+            acc[a][3] = _mm512_dpbf16_ps(acc[a][3], xv, w3);
+        }
+    }
+#pragma GCC unroll 6
+    for (int a = 0; a < mr; a++)
+#pragma GCC unroll 4
+        for (int b = 0; b < 4; b++) _mm512_storeu_ps(c + a * ldc + 16 * b, acc[a][b]);
+}
+
+static void micro_dot_any(const uint32_t *x, int64_t ldx, const uint32_t *panel, int64_t kpc,
+                          float *c, int64_t ldc, int mr, int first) {
+    switch (mr) {
+    case 6: micro_dot(x, ldx, panel, kpc, c, ldc, 6, first); break;
+    case 5: micro_dot(x, ldx, panel, kpc, c, ldc, 5, first); break;
+    case 4: micro_dot(x, ldx, panel, kpc, c, ldc, 4, first); break;
+    case 3: micro_dot(x, ldx, panel, kpc, c, ldc, 3, first); break;
+    case 2: micro_dot(x, ldx, panel, kpc, c, ldc, 2, first); break;
+    default: micro_dot(x, ldx, panel, kpc, c, ldc, 1, first); break;
+    }
+}
+
+void pio_matmul_bf16_packed_avx512(const pio_matmul_job *J, int64_t m0, int64_t m1,
+                                   void *scratch, float *edge) {
+    const int64_t n = J->n, kp_all = J->k / 2, m = J->m;
+    uint32_t *panel = scratch;
+    const uint32_t *w = J->w, *xp = (const uint32_t *)J->xb;
+    for (int64_t j = m0; j < m1; j += NR) {
+        const int64_t cols = m1 - j < NR ? m1 - j : NR;
+        for (int64_t p0 = 0; p0 < kp_all; p0 += KP) {
+            const int64_t kpc = kp_all - p0 < KP ? kp_all - p0 : KP;
+            const int first = p0 == 0;
+            pack32(w, kp_all, j, m1, p0, kpc, panel);
+            for (int64_t i = 0; i < n; i += MR) {
+                const int mr = n - i < MR ? (int)(n - i) : MR;
+                const uint32_t *x = xp + i * kp_all + p0;
+                float *y = J->y + i * m + j;
+                if (cols == NR) {
+                    micro_dot_any(x, kp_all, panel, kpc, y, m, mr, first);
+                    continue;
+                }
+                for (int a = 0; a < mr && !first; a++)
+                    memcpy(edge + a * NR, y + a * m, (size_t)cols * sizeof(float));
+                micro_dot_any(x, kp_all, panel, kpc, edge, NR, mr, first);
                 for (int a = 0; a < mr; a++)
                     memcpy(y + a * m, edge + a * NR, (size_t)cols * sizeof(float));
             }
