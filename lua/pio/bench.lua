@@ -372,7 +372,10 @@ function M.run(suite, opts)
                         specs = specs }
           local ok, res, w = pcall(p.run, h.handle, ctx)
           if ok and res then
-            for k, v in pairs(res) do h.results[k] = v end
+            for k, v in pairs(res) do
+              h.results[k] = v
+              log("  %s %s: %s %s t/s", p.name, label, k, fmt_tps(v))
+            end
             h.ran = true
           else
             h.why = ok and w or tostring(res)
@@ -386,6 +389,7 @@ function M.run(suite, opts)
       local load = M.machine().load_average
       local r = M.measure(model, spec, reps, { n_batch = m.n_batch })
       per_test[spec.name] = r
+      log("  %s: %s %s t/s (load %s)", label, spec.name, fmt_tps(r), tostring(load))
       local row = {
         model = m.name, dtype = m.dtype, size_bytes = info.weight_bytes,
         params = info.parameters, backend = "CPU", threads = info.threads, test = spec.name,
