@@ -1,6 +1,11 @@
 /* pio_cpu_matmul / pio_cpu_matmul_ex: argument checks, work split and ISA
- * dispatch. The arithmetic lives in matmul_avx2.c, matmul_avx512.c and
- * matmul_dot_avx512.c. */
+ * dispatch. The arithmetic lives in
+ *   matmul_avx2.c          the x86-64-v3 baseline (f32 / widened bf16 weights)
+ *   matmul_avx512.c        the same at 16 lanes; decode reads w as one stream
+ *   matmul_dot_avx512.c    bf16 mode, vdpbf16ps: decode and short prompts
+ *   matmul_packed_avx512.c prompts: packed panels, 6x64 tiles (f32 FMA or vdpbf16ps)
+ *   matmul_amx.c           bf16 mode prompts on AMX tiles
+ * Prompt kernels are picked for 16+ tokens; the order is AMX, packed, tiles. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,8 +68,8 @@ static pio_matmul_kernel pick_kernel(pio_dtype w_dtype, bool dot) {
  * nothing. Reachable through the static pointers, so leak checkers stay quiet. */
 static _Thread_local uint16_t *xb_buf;
 static _Thread_local size_t xb_cap;
-static _Thread_local char *amx_buf;
-static _Thread_local size_t amx_cap;
+static _Thread_local char *panel_buf;
+static _Thread_local size_t panel_cap;
 
 static bool grow(void **buf, size_t *cap, size_t bytes) {
     if (bytes <= *cap) return true;
@@ -215,9 +220,9 @@ pio_status pio_cpu_matmul_ex(pio_threadpool *pool, const pio_tensor *x, int n_w,
     }
     if (c.packed) {
         size_t threads = (size_t)pio_threadpool_size(pool);
-        if (!grow((void **)&amx_buf, &amx_cap, threads * c.scratch_bytes))
+        if (!grow((void **)&panel_buf, &panel_cap, threads * c.scratch_bytes))
             return pio_error_set(err, PIO_ERR_OOM, "matmul: out of memory for packed panels");
-        c.scratch = amx_buf;
+        c.scratch = panel_buf;
     } else if (dot) {
         const uint16_t *xb = x_to_bf16(pool, c.job[0].x, n, k, k, n, err);
         if (!xb) return err->status;
