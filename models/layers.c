@@ -173,38 +173,48 @@ pio_status pio_build_moe(pio_model *m, const pio_moe_weights *w, const pio_moe_p
         (st = pio_cpu_moe_gather(h, pair_of_row, k, &xg, err)))
         return st;
 
-    /* The selected experts, on their contiguous rows, a chunk of experts per pass
-     * of the thread pool: gate and up of all of them, silu·up, then down. The
-     * others are never touched. */
-    enum { CHUNK = 64 };
+    /* The selected experts on their contiguous rows; the others are never touched.
+     * An expert with many rows (a prompt) is a compute-bound matmul of its own:
+     * gate and up in one run of the pool, then down, on pio_cpu_matmul_ex's
+     * fastest kernels. Experts with few rows (decode) are bandwidth-bound and
+     * many: a chunk of them shares each run of the pool (gate and up of all,
+     * then down of all), so small matmuls do not each pay for waking threads. */
+    enum { CHUNK = 64, OWN_RUN_ROWS = 16 };
     pio_tensor xv[CHUNK], gv[CHUNK], uv[CHUNK], yv[CHUNK];
     const pio_tensor *xs[2 * CHUNK], *ws[2 * CHUNK];
     pio_tensor *ys[2 * CHUNK];
     int32_t ex[CHUNK];
     for (int32_t e = 0; e < n_exp;) {
         int c = 0;
-        int64_t r_first = offsets[e];
         for (; e < n_exp && c < CHUNK; e++) {
             int64_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
             if (rows == 0) continue;
-            xv[c] = rows_of(&xg, r0, rows), gv[c] = rows_of(&gate, r0, rows);
-            uv[c] = rows_of(&up, r0, rows), yv[c] = rows_of(&yg, r0, rows);
+            pio_tensor xe = rows_of(&xg, r0, rows), ge = rows_of(&gate, r0, rows);
+            pio_tensor ue = rows_of(&up, r0, rows), ye = rows_of(&yg, r0, rows);
+            if (rows >= OWN_RUN_ROWS) {
+                const pio_tensor *gu_w[2] = {w->gate[e], w->up[e]};
+                pio_tensor *gu_y[2] = {&ge, &ue};
+                if ((st = build_linears(m, &xe, 2, gu_w, gu_y, err)) ||
+                    (st = pio_cpu_silu_mul(&ge, &ue, &ge, m->round_bf16, err)) ||
+                    (st = pio_build_linear(m, &ge, w->down[e], &ye, err)))
+                    return pio_error_prefix(err, "expert %d", e);
+                continue;
+            }
+            xv[c] = xe, gv[c] = ge, uv[c] = ue, yv[c] = ye;
             xs[2 * c] = xs[2 * c + 1] = &xv[c];
             ws[2 * c] = w->gate[e], ws[2 * c + 1] = w->up[e];
             ys[2 * c] = &gv[c], ys[2 * c + 1] = &uv[c];
             ex[c++] = e;
         }
         if (c == 0) continue;
-        /* Experts ascend, so the chunk's rows are one run. */
-        int64_t rows = offsets[e] - r_first;
-        pio_tensor g = rows_of(&gate, r_first, rows), u = rows_of(&up, r_first, rows);
-        pio_tensor y = rows_of(&yg, r_first, rows);
         if ((st = pio_cpu_matmul_grouped(m->pool, 2 * c, xs, ws, ys, err))) return st;
-        if (m->round_bf16) pio_cpu_round_bf16(&g), pio_cpu_round_bf16(&u);
-        if ((st = pio_cpu_silu_mul(&g, &u, &g, m->round_bf16, err))) return st;
-        for (int i = 0; i < c; i++) xs[i] = &gv[i], ws[i] = w->down[ex[i]], ys[i] = &yv[i];
+        for (int i = 0; i < c; i++) {
+            if (m->round_bf16) pio_cpu_round_bf16(&gv[i]), pio_cpu_round_bf16(&uv[i]);
+            if ((st = pio_cpu_silu_mul(&gv[i], &uv[i], &gv[i], m->round_bf16, err))) return st;
+            xs[i] = &gv[i], ws[i] = w->down[ex[i]], ys[i] = &yv[i];
+        }
         if ((st = pio_cpu_matmul_grouped(m->pool, c, xs, ws, ys, err))) return st;
-        if (m->round_bf16) pio_cpu_round_bf16(&y);
+        for (int i = 0; m->round_bf16 && i < c; i++) pio_cpu_round_bf16(&yv[i]);
     }
     return pio_cpu_moe_combine(m->pool, &yg, row_of_pair, ids, weights, k, p->accum,
                                m->round_bf16, out, err);

@@ -126,6 +126,13 @@ static pio_tensor *expert_view(const pio_tensor *stack, int64_t e, int64_t row0,
     return pio_tensor_from_storage(stack->storage, off, stack->dtype, 2, shape, err);
 }
 
+/* Whether layer l's checkpoint holds transformers v5's expert stacks. */
+static bool experts_stacked(const pio_weight_source *ws, int l) {
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%d.mlp.experts.gate_up_proj", l);
+    return ws->st && pio_safetensors_find(ws->st, name);
+}
+
 static pio_status load_experts(pio_weight_source *ws, const pio_hparams *hp, int l, moe_layer *L,
                                pio_error *err) {
     const int64_t X = hp->n_expert, E = hp->n_embd, I = hp->n_ff_exp;
@@ -136,8 +143,7 @@ static pio_status load_experts(pio_weight_source *ws, const pio_hparams *hp, int
         return pio_error_set(err, PIO_ERR_OOM, "out of memory");
     char name[256];
     snprintf(name, sizeof name, "model.layers.%d.mlp.experts.gate_up_proj", l);
-    bool stacked = ws->st && pio_safetensors_find(ws->st, name);
-    if (stacked) {
+    if (experts_stacked(ws, l)) {
         /* transformers v5's layout: views into the two stacks. */
         int64_t gu[3] = {X, 2 * I, E}, dn[3] = {X, E, I};
         if (!(L->gate_up_stack = pio_weights_load(ws, name, 3, gu, PIO_WEIGHT_MATRIX, err)))
@@ -179,7 +185,9 @@ static pio_status moe_load_weights(pio_model *m, pio_weight_source *ws, pio_erro
     if (!w->layers) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
     ws->total = 3;
     for (int l = 0; l < hp->n_layer; l++)
-        ws->total += 8 + (hp->moe_layer[l] ? 1 + 3 * (size_t)hp->n_expert : 3);
+        ws->total += 8 + (!hp->moe_layer[l]        ? 3
+                          : experts_stacked(ws, l) ? 1 + 2
+                                                   : 1 + 3 * (size_t)hp->n_expert);
 
     int64_t E = hp->n_embd, V = hp->n_vocab, D = hp->head_dim, F = hp->n_ff;
     int64_t QD = hp->n_head * D, KD = hp->n_head_kv * D;
