@@ -17,6 +17,15 @@
 -- hit is read once per batch and the bytes per token fall as 1/N: a prompt is
 -- compute-bound, so its row gives GFLOP/s (2 per multiply-add of the active
 -- weights, plus attention) next to the memory roofline.
+--
+-- Measured (2 threads, AVX-512 BF16 CPU, a machine shared with other jobs, load 3-4;
+-- median of 83 runs over 10 minutes, bandwidth measured before each run, median
+-- 25.6 GB/s): decode tg32 @ d16 40.4 t/s = 67% of its roofline (422 MB per token;
+-- 61% of 65.8 t/s at 27.8 GB/s), tg32 @ d512 37.5 t/s (63%); computing every expert
+-- would cap decode at 15.2 t/s (1.83 GB per token). Prompts: pp16 128, pp64 228,
+-- pp256 301, pp512 298 t/s (~116 GFLOP/s). bench/qwen3_moe.lua in the same hour:
+-- pio / llama.cpp (0.3.36, same weights) 3.2x pp64, 1.9x pp256, 2.6x tg64, 1.9x
+-- tg64 @ d512.
 local pio = require "pio"
 local cjson = require "cjson"
 
