@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "cpu_features.h"
@@ -63,11 +64,15 @@ double pio_cpu_read_bandwidth(pio_threadpool *pool, size_t bytes, int reps, pio_
     if (bytes < (1u << 20)) bytes = 1u << 20;
     if (reps < 1) reps = 1;
     char *buf = NULL;
-    if (posix_memalign((void **)&buf, 4096, bytes) != 0) {
+    bytes = (bytes + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+    if (posix_memalign((void **)&buf, 2u << 20, bytes) != 0) {
         pio_error_set(err, PIO_ERR_OOM, "out of memory for a %zu MiB bandwidth buffer",
                       bytes >> 20);
         return 0;
     }
+#ifdef MADV_HUGEPAGE
+    madvise(buf, bytes, MADV_HUGEPAGE); /* as weights get (runtime/tensor.c) */
+#endif
     memset(buf, 1, bytes); /* fault every page in before timing */
     int threads = pio_threadpool_size(pool);
     bw_ctx c = {.buf = buf, .bytes = bytes, .n_tasks = threads > 64 ? 64 : threads,
