@@ -360,17 +360,22 @@ function M.run(suite, opts)
 
     -- Peers export while the model is loaded. When both copies fit in memory
     -- the peer runs each test right after pio's, so that both see the same
-    -- load on a shared machine; otherwise after the model is freed.
+    -- load on a shared machine; otherwise the export waits until pio's tests
+    -- are done (writing gigabytes would disturb them) and the peer runs after
+    -- the model is freed.
     local handles, peers = {}, suite.peers or {}
-    for i, p in ipairs(peers) do
-      local ctx = { model = model, spec = m, info = info, threads = info.threads, log = log }
-      local ok, h, why = pcall(p.prepare, ctx)
-      if not ok then h, why = nil, tostring(h) end
-      handles[i] = { handle = h, why = why, results = {} }
-    end
     local avail = M.mem_available()
     local interleave = #peers > 0 and suite.interleave ~= false and avail ~= nil
       and avail > 1.3 * info.weight_bytes
+    local function prepare_peers()
+      for i, p in ipairs(peers) do
+        local ctx = { model = model, spec = m, info = info, threads = info.threads, log = log }
+        local ok, h, why = pcall(p.prepare, ctx)
+        if not ok then h, why = nil, tostring(h) end
+        handles[i] = { handle = h, why = why, results = {} }
+      end
+    end
+    if interleave then prepare_peers() end
     local function run_peers(specs)
       for i, p in ipairs(peers) do
         local h = handles[i]
@@ -416,6 +421,7 @@ function M.run(suite, opts)
       peak_rss_bytes = M.peak_rss(), peers_interleaved = interleave,
     }
     log("  peak memory so far: %s", gib(M.peak_rss() or 0))
+    if not interleave then prepare_peers() end
     model:free()
     collectgarbage()
     if not interleave then run_peers(suite.specs) end
