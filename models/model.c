@@ -473,6 +473,28 @@ void pio_model_forget_weights(pio_model *m, pio_tensor *const *ts, size_t n) {
     m->n_weights = kept;
 }
 
+/* After removing layers (sorted), renames the kept layers' weights to their new
+ * numbers ("model.layers.3." → "model.layers.2." when one layer below went), so
+ * that pio_model_save writes a checkpoint of the smaller model that loads back. */
+static void renumber_weights(pio_model *m, const int32_t *layers, size_t n) {
+    static const char prefix[] = "model.layers.";
+    for (size_t i = 0; i < m->n_weights; i++) {
+        char *name = m->weights[i].name, *end;
+        if (strncmp(name, prefix, sizeof prefix - 1) != 0) continue;
+        long l = strtol(name + sizeof prefix - 1, &end, 10);
+        if (*end != '.') continue;
+        long below = 0;
+        while ((size_t)below < n && layers[below] < l) below++;
+        if (below == 0) continue;
+        size_t len = strlen(name) + 1;
+        char *renamed = malloc(len); /* the new number is never longer */
+        if (!renamed) continue;      /* keeps the old name: save writes a stale one, no crash */
+        snprintf(renamed, len, "%s%ld%s", prefix, l - below, end);
+        free(name);
+        m->weights[i].name = renamed;
+    }
+}
+
 /* Drops the KV cache of the removed layers (sorted) and closes the gaps. */
 static void remove_kv_layers(pio_model *m, const int32_t *layers, size_t n) {
     int32_t kept = 0;
@@ -523,6 +545,7 @@ pio_status pio_model_surgery(pio_model *m, const pio_surgery *s, pio_surgery_rep
             return st;
         }
         m->arch->remove_layers(m, layers, s->n_remove);
+        renumber_weights(m, layers, s->n_remove);
         remove_kv_layers(m, layers, s->n_remove);
         rep->removed_layers = (int32_t)s->n_remove;
         free(layers);

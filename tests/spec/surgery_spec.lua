@@ -47,6 +47,38 @@ describe("pio.surgery #qwen3", function()
     m:free()
   end)
 
+  -- The named-weight list (what save and decode_bytes walk) must drop the
+  -- removed layers, fused parts included, and renumber the kept ones, so the
+  -- saved file loads back as the smaller model with the same logits.
+  it("after fusing and removing layers, save and decode_bytes see the smaller model", function()
+    local m = assert(pio.load(tiny, { dtype = "f32", threads = 1 }))
+    pio.surgery.apply(m, { fuse = { "qkv", "gate_up" } })
+    local before = m:decode_bytes()
+    local r = pio.surgery.apply(m, { remove = { layers = { 0 } } })
+    assert.equal(r.weight_bytes.before - r.weight_bytes.after, before - m:decode_bytes())
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    assert.is_true(m:save(dir .. "/model.safetensors"))
+    local names = {}
+    for name in pairs(pio.safetensors(dir .. "/model.safetensors")) do
+      local l = name:match("^model%.layers%.(%d+)%.")
+      if l then names[tonumber(l)] = true end
+    end
+    assert.same({ [0] = true, [1] = true }, names)
+    local f = assert(io.open(tiny .. "/config.json"))
+    local config = f:read("a"):gsub('"num_hidden_layers"%s*:%s*%d+', '"num_hidden_layers": 2')
+    f:close()
+    f = assert(io.open(dir .. "/config.json", "w"))
+    f:write(config)
+    f:close()
+    local back = assert(pio.load(dir, { dtype = "f32", threads = 1 }))
+    assert.tensor_near(back:logits(IDS), m:logits(IDS), 1e-5, 1e-6)
+    back:free()
+    m:free()
+    os.execute("rm -rf " .. dir)
+  end)
+
   it("rejects bad requests with exact messages, changing nothing", function()
     local m = assert(pio.load(tiny, { dtype = "f32" }))
     assert.has_error(function() pio.surgery.apply({}, { fuse = "qkv" }) end,
