@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "generate_internal.h"
 #include "model_internal.h"
 
 enum { PROMPT_CHUNK = PIO_PROMPT_CHUNK }; /* bounds activation memory for long prompts */
@@ -208,50 +209,76 @@ static pio_status finish(pio_generation *g, const char *reason, size_t *len, pio
     return release_text(g, true, len, err);
 }
 
-pio_status pio_generation_step(pio_generation *g, const char **text, size_t *len, bool *done,
-                               pio_error *err) {
+/* Every entry point's error path: the generation is then done. */
+static pio_status failed(pio_generation *g, pio_status st) {
+    g->done = true;
+    g->stats.stop_reason = "error";
+    return st;
+}
+
+pio_status pio_generation_limit(pio_generation *g, const char **text, size_t *len, bool *done,
+                                pio_error *err) {
     *text = "";
     *len = 0;
     *done = g->done;
     if (g->done) return PIO_OK;
     pio_status st = PIO_OK;
-    size_t generated = g->n_tokens - g->n_prompt;
-    if (generated >= (size_t)g->opts.max_new_tokens) {
+    if (g->n_tokens - g->n_prompt >= (size_t)g->opts.max_new_tokens)
         st = finish(g, "length", len, err);
-    } else if (g->n_tokens >= (size_t)g->model->n_ctx) {
+    else if (g->n_tokens >= (size_t)g->model->n_ctx)
         st = finish(g, "context", len, err);
+    if (st != PIO_OK) return failed(g, st);
+    *text = g->out && *len ? g->out : "";
+    *done = g->done;
+    return PIO_OK;
+}
+
+pio_status pio_generation_accept(pio_generation *g, const float *row, const char **text,
+                                 size_t *len, bool *done, pio_error *err) {
+    *text = "";
+    *len = 0;
+    *done = g->done;
+    if (g->done) return PIO_OK;
+    pio_status st = PIO_OK;
+    int32_t id = pio_sampler_sample(g->sampler, row);
+    if (!g->opts.ignore_eos && is_stop_id(g->model, id)) {
+        st = finish(g, "eos", len, err);
     } else {
-        double t0 = pio_now();
-        const float *row = NULL;
-        st = advance(g, &row, err);
-        if (st == PIO_OK) {
-            int32_t id = pio_sampler_sample(g->sampler, row);
-            double dt = pio_now() - t0;
-            if (generated == 0) g->stats.prompt_seconds += dt;
-            else g->stats.gen_seconds += dt;
-            if (!g->opts.ignore_eos && is_stop_id(g->model, id)) {
-                st = finish(g, "eos", len, err);
-            } else {
-                pio_sampler_accept(g->sampler, id);
-                g->tokens[g->n_tokens++] = id;
-                g->stats.new_tokens++;
-                if (g->detok) {
-                    size_t n;
-                    const char *piece = pio_detok_push(g->detok, id, &n, err);
-                    st = piece ? append_pending(g, piece, n, err) : err->status;
-                }
-                if (st == PIO_OK) st = release_text(g, false, len, err);
-            }
+        pio_sampler_accept(g->sampler, id);
+        g->tokens[g->n_tokens++] = id;
+        g->stats.new_tokens++;
+        if (g->detok) {
+            size_t n;
+            const char *piece = pio_detok_push(g->detok, id, &n, err);
+            st = piece ? append_pending(g, piece, n, err) : err->status;
         }
+        if (st == PIO_OK) st = release_text(g, false, len, err);
     }
-    if (st != PIO_OK) {
-        g->done = true;
-        g->stats.stop_reason = "error";
-        return st;
-    }
+    if (st != PIO_OK) return failed(g, st);
     *text = g->out ? g->out : "";
     *done = g->done;
     return PIO_OK;
+}
+
+void pio_generation_cancel(pio_generation *g) {
+    g->done = true;
+    if (!g->stats.stop_reason) g->stats.stop_reason = "cancelled";
+}
+
+pio_status pio_generation_step(pio_generation *g, const char **text, size_t *len, bool *done,
+                               pio_error *err) {
+    pio_status st = pio_generation_limit(g, text, len, done, err);
+    if (st != PIO_OK || *done) return st;
+    bool first = g->n_tokens == g->n_prompt;
+    double t0 = pio_now();
+    const float *row = NULL;
+    st = advance(g, &row, err);
+    if (st != PIO_OK) return failed(g, st);
+    st = pio_generation_accept(g, row, text, len, done, err);
+    double dt = pio_now() - t0;
+    if (first) g->stats.prompt_seconds += dt;
+    else g->stats.gen_seconds += dt;
+    return st;
 }
 
 const int32_t *pio_generation_tokens(const pio_generation *g, size_t *n) {
@@ -260,3 +287,11 @@ const int32_t *pio_generation_tokens(const pio_generation *g, size_t *n) {
 }
 
 pio_gen_stats pio_generation_stats(const pio_generation *g) { return g->stats; }
+
+const int32_t *pio_generation_all_tokens(const pio_generation *g, size_t *n, size_t *n_prompt) {
+    *n = g->n_tokens;
+    *n_prompt = g->n_prompt;
+    return g->tokens;
+}
+
+pio_model *pio_generation_model(const pio_generation *g) { return g->model; }
