@@ -74,6 +74,9 @@ static const char *st_dtype(pio_dtype dt) {
 pio_status pio_model_save(const pio_model *m, const char *path, pio_error *err) {
     if (m->n_weights == 0)
         return pio_error_set(err, PIO_ERR_INVALID, "this model lists no weights to save");
+    if (m->cuda)
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED,
+                             "saving weights from a model on CUDA is not supported (load it on the CPU)");
     /* The header: {"name": {"dtype", "shape", "data_offsets"}, ...}, padded
      * with spaces to a multiple of 8 bytes as the format recommends. */
     size_t cap = 256 + m->n_weights * 192, len = 0;

@@ -4,6 +4,17 @@
 
 #include "cpu_ops.h"
 #include "layers.h"
+#include "layers_cuda.h"
+
+/* A model on the GPU hands each builder over to its CUDA twin (layers_cuda.c). */
+#ifdef PIO_CUDA_KERNELS
+#define ON_CUDA(m, call)                \
+    do {                                \
+        if ((m)->cuda) return (call);   \
+    } while (0)
+#else
+#define ON_CUDA(m, call) ((void)0)
+#endif
 
 /* y[i] = x · w[i]ᵀ for weights sharing x, in one run of the pool; in bf16
  * mode x holds bf16 values (so bf16 dot products apply) and y is rounded. */
@@ -14,17 +25,26 @@ static pio_status build_linears(pio_model *m, const pio_tensor *x, int n,
     return st;
 }
 
+pio_status pio_build_embedding(pio_model *m, const pio_tensor *table, const pio_batch *b,
+                               pio_tensor *out, pio_error *err) {
+    ON_CUDA(m, pio_cuda_build_embedding(m, table, out, err));
+    return pio_cpu_embedding(table, b->token, b->n_tokens, out, err);
+}
+
 pio_status pio_build_linear(pio_model *m, const pio_tensor *x, const pio_tensor *w,
                             pio_tensor *y, pio_error *err) {
+    ON_CUDA(m, pio_cuda_build_linear(m, x, w, y, err));
     return build_linears(m, x, 1, &w, &y, err);
 }
 
 pio_status pio_build_norm(pio_model *m, const pio_tensor *x, const pio_tensor *w, float eps,
                           pio_tensor *out, pio_error *err) {
+    ON_CUDA(m, pio_cuda_build_norm(m, x, w, eps, out, err));
     return pio_cpu_rmsnorm(m->pool, x, w, eps, out, m->round_bf16, err);
 }
 
 pio_status pio_build_residual(pio_model *m, pio_tensor *x, const pio_tensor *y, pio_error *err) {
+    ON_CUDA(m, pio_cuda_build_residual(m, x, y, err));
     pio_status st = pio_cpu_binary(PIO_ADD, x, y, x, err);
     if (st == PIO_OK && m->round_bf16) pio_cpu_round_bf16(x);
     return st;
@@ -56,6 +76,7 @@ static pio_status build_fused_linear(pio_model *m, const pio_tensor *h, const pi
 
 pio_status pio_build_attn(pio_model *m, int layer, const pio_attn_weights *w, const pio_batch *b,
                           const pio_tensor *h, pio_tensor *out, pio_error *err) {
+    ON_CUDA(m, pio_cuda_build_attn(m, layer, w, b, h, out, err));
     const pio_hparams *hp = &m->hp;
     int64_t n = b->n_tokens, D = hp->head_dim;
     pio_tensor q, k, v, att;
@@ -97,6 +118,7 @@ pio_status pio_build_attn(pio_model *m, int layer, const pio_attn_weights *w, co
 
 pio_status pio_build_ffn(pio_model *m, const pio_ffn_weights *w, const pio_tensor *h,
                          pio_tensor *out, pio_error *err) {
+    ON_CUDA(m, pio_cuda_build_ffn(m, w, h, out, err));
     int64_t n = h->shape[0], F = w->down->shape[1];
     pio_tensor gate, up;
     pio_status st;
@@ -118,6 +140,7 @@ pio_status pio_build_ffn(pio_model *m, const pio_ffn_weights *w, const pio_tenso
 pio_status pio_build_logits(pio_model *m, const pio_batch *b, const pio_tensor *x,
                             const pio_tensor *norm, const pio_tensor *lm_head, pio_tensor *logits,
                             pio_error *err) {
+    ON_CUDA(m, pio_cuda_build_logits(m, b, x, norm, lm_head, logits, err));
     int64_t n_out = logits->shape[0], E = x->shape[1];
     if (n_out == 0) return PIO_OK;
     /* Gather the rows that want logits, so the lm_head runs on those alone. */
@@ -143,6 +166,9 @@ static pio_tensor rows_of(const pio_tensor *t, int64_t r0, int64_t n) {
 
 pio_status pio_build_moe(pio_model *m, const pio_moe_weights *w, const pio_moe_params *p,
                          const pio_tensor *h, pio_tensor *out, pio_error *err) {
+    if (m->cuda)
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED,
+                             "mixture-of-experts layers do not run on CUDA yet");
     const int64_t n = h->shape[0], E = h->shape[1];
     const int32_t n_exp = w->n_expert, k = p->route.top_k;
     if (n_exp < 1 || !w->gate || !w->up || !w->down)

@@ -28,6 +28,10 @@ typedef struct pio_ffn_weights {
     const pio_tensor *gate_up; /* [2 * n_ff, n_embd] or NULL */
 } pio_ffn_weights;
 
+/* out [n, n_embd] = table[token] for the batch's tokens. */
+pio_status pio_build_embedding(pio_model *m, const pio_tensor *table, const pio_batch *b,
+                               pio_tensor *out, pio_error *err);
+
 /* y = x · wᵀ, rounded in bf16 mode. */
 pio_status pio_build_linear(pio_model *m, const pio_tensor *x, const pio_tensor *w,
                             pio_tensor *y, pio_error *err);

@@ -109,6 +109,12 @@ static size_t kv_cache_bytes(const pio_model *m) {
            (size_t)m->hp.n_head_kv * (size_t)m->hp.head_dim * pio_dtype_info(kv_dtype(m))->size;
 }
 
+/* A zero-filled cache tensor on the model's device. */
+static pio_tensor *kv_tensor_new(pio_model *m, const int64_t *shape, pio_error *err) {
+    if (m->cuda) return pio_model_cuda_tensor(m, kv_dtype(m), 4, shape, err);
+    return pio_tensor_new(kv_dtype(m), 4, shape, err);
+}
+
 static pio_status alloc_kv_cache(pio_model *m, pio_error *err) {
     const pio_hparams *hp = &m->hp;
     int64_t shape[4] = {m->max_seqs, m->n_ctx, hp->n_head_kv, hp->head_dim};
@@ -116,8 +122,8 @@ static pio_status alloc_kv_cache(pio_model *m, pio_error *err) {
     m->cache_v = calloc((size_t)hp->n_layer, sizeof *m->cache_v);
     if (!m->cache_k || !m->cache_v) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
     for (int l = 0; l < hp->n_layer; l++) {
-        m->cache_k[l] = pio_tensor_new(kv_dtype(m), 4, shape, err);
-        m->cache_v[l] = m->cache_k[l] ? pio_tensor_new(kv_dtype(m), 4, shape, err) : NULL;
+        m->cache_k[l] = kv_tensor_new(m, shape, err);
+        m->cache_v[l] = m->cache_k[l] ? kv_tensor_new(m, shape, err) : NULL;
         if (!m->cache_v[l]) {
             return pio_error_set(err, PIO_ERR_OOM,
                                  "out of memory for the KV cache: %zu MiB for %d sequence(s) of "
@@ -187,17 +193,12 @@ void pio_model_default_sampling(const pio_model *m, pio_sampler_params *out) {
 }
 
 pio_device pio_model_auto_device(void) {
-    return PIO_DEVICE_CPU; /* the forward pass runs on the CPU backend only, so far */
+    return pio_model_cuda_available(NULL) ? PIO_DEVICE_CUDA : PIO_DEVICE_CPU;
 }
 
 bool pio_model_device_available(pio_device d, const char **why) {
     if (d == PIO_DEVICE_CPU) return true;
-#ifdef PIO_HAVE_CUDA
-    if (why) *why = "the CUDA backend does not run models yet";
-#else
-    if (why) *why = "this pio was built without its backend";
-#endif
-    return false;
+    return pio_model_cuda_available(why);
 }
 
 /* The part of loading that reads config.json alone: architecture, hyper-
@@ -343,6 +344,7 @@ pio_model *pio_model_load(const char *path, const pio_load_opts *opts_in, pio_er
         m->threads = pio_threadpool_size(m->pool);
         if (!m->pool) st = err->status;
     }
+    if (st == PIO_OK && m->device == PIO_DEVICE_CUDA) st = pio_model_cuda_init(m, err);
     if (st == PIO_OK) st = open_tokenizer(m, dir, err);
     if (st == PIO_OK && !opts.synthetic) {
         m->st = pio_safetensors_open(dir, err);
@@ -359,6 +361,7 @@ pio_model *pio_model_load(const char *path, const pio_load_opts *opts_in, pio_er
     }
     if (st == PIO_OK) st = compute_inv_freq(m, err);
     if (st == PIO_OK) st = alloc_kv_cache(m, err);
+    if (st == PIO_OK && m->cuda) st = pio_model_cuda_prepare(m, err);
     if (st != PIO_OK) {
         pio_model_free(m);
         return NULL;
@@ -377,6 +380,7 @@ void pio_model_free(pio_model *m) {
     for (size_t i = 0; i < m->n_weights; i++) free(m->weights[i].name);
     free(m->weights);
     free(m->inv_freq);
+    pio_model_cuda_free(m); /* after every device tensor above */
     pio_tokenizer_free(m->tokenizer);
     pio_safetensors_close(m->st);
     pio_threadpool_free(m->pool);
@@ -385,6 +389,7 @@ void pio_model_free(pio_model *m) {
 
 pio_status pio_scratch(pio_model *m, enum pio_scratch_slot slot, int64_t n, int64_t width,
                        pio_tensor *view, pio_error *err) {
+    if (m->cuda) return pio_model_cuda_scratch(m, slot, n, width, view, err);
     pio_tensor *buf = m->scratch.buf[slot];
     if (!buf || pio_tensor_numel(buf) < n * width) {
         pio_tensor_free(buf);
@@ -422,6 +427,7 @@ pio_status pio_model_forward(pio_model *m, const pio_batch *b, const pio_tensor 
     if (st != PIO_OK) return st;
     int32_t n_out = 0;
     for (int32_t i = 0; i < b->n_tokens; i++) n_out += !b->logits || b->logits[i];
+    if (m->cuda) return pio_model_cuda_forward(m, b, n_out, logits, err);
     st = pio_scratch(m, PIO_SLOT_LOGITS, n_out ? n_out : 1, m->hp.n_vocab, &m->logits, err);
     if (st != PIO_OK) return st;
     m->logits.shape[0] = n_out;
@@ -434,7 +440,7 @@ static size_t activation_bytes(const pio_model *m) {
     size_t n = 0;
     for (int i = 0; i < PIO_SLOT_COUNT; i++)
         if (m->scratch.buf[i]) n += pio_tensor_nbytes(m->scratch.buf[i]);
-    return n;
+    return n + pio_model_cuda_scratch_bytes(m);
 }
 
 void pio_model_get_info(const pio_model *m, pio_model_info *info) {
@@ -521,6 +527,9 @@ pio_status pio_model_surgery(pio_model *m, const pio_surgery *s, pio_surgery_rep
     if (!m->arch->remove_layers || !m->arch->fuse)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED, "model surgery is not supported for %s yet",
                              m->hp.architecture);
+    if (m->cuda) /* fusing copies host bytes; removing would need the device cache renumbered */
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED,
+                             "model surgery runs on CPU models only (load with device='cpu')");
     int32_t *layers = NULL;
     if (s->n_remove) {
         layers = malloc(s->n_remove * sizeof *layers);

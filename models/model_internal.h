@@ -130,7 +130,39 @@ struct pio_model {
      * owned names), so that pio_model_save can write them back out. */
     struct pio_named_weight { char *name; const pio_tensor *t; } *weights;
     size_t n_weights, cap_weights;
+    struct pio_model_cuda *cuda; /* device state when the model runs on CUDA (model_cuda.c) */
 };
+
+/* ---- the model on CUDA (models/model_cuda.c) -------------------------------------
+ * Without the CUDA backend compiled in, pio_model_cuda_available says so and
+ * the rest is never reached (m->cuda stays NULL). */
+struct pio_cuda_ctx;
+struct pio_cuda_batch;
+bool pio_model_cuda_available(const char **why);
+/* The context, device, stream and memory pool (m->cuda). */
+pio_status pio_model_cuda_init(pio_model *m, pio_error *err);
+void pio_model_cuda_free(pio_model *m);
+/* A host weight → its device copy in the same dtype (the host tensor is freed). */
+pio_tensor *pio_model_cuda_upload(pio_model *m, pio_tensor *host, pio_error *err);
+/* Seeded random weights made on the device (synthetic loads). */
+pio_tensor *pio_model_cuda_random(pio_model *m, pio_dtype dt, int ndim, const int64_t *shape,
+                                  uint64_t seed, pio_error *err);
+/* A zero-filled device tensor (the KV cache). */
+pio_tensor *pio_model_cuda_tensor(pio_model *m, pio_dtype dt, int ndim, const int64_t *shape,
+                                  pio_error *err);
+/* Once weights and cache are there: RoPE frequencies to the device, then a sync. */
+pio_status pio_model_cuda_prepare(pio_model *m, pio_error *err);
+/* pio_scratch on the device: activation dtype (bf16 in bf16 mode), LOGITS f32. */
+pio_status pio_model_cuda_scratch(pio_model *m, enum pio_scratch_slot slot, int64_t n,
+                                  int64_t width, pio_tensor *view, pio_error *err);
+size_t pio_model_cuda_scratch_bytes(const pio_model *m);
+/* pio_model_forward on the device; *logits is a host tensor. */
+pio_status pio_model_cuda_forward(pio_model *m, const pio_batch *b, int32_t n_out,
+                                  const pio_tensor **logits, pio_error *err);
+pio_dtype pio_model_act_dtype(const pio_model *m);
+struct pio_cuda_ctx *pio_model_cuda_ctx(const pio_model *m);
+const struct pio_cuda_batch *pio_model_cuda_batch(const pio_model *m);
+const pio_tensor *pio_model_cuda_inv_freq(const pio_model *m);
 
 /* Takes tensors about to be freed (model surgery) off the model's list of
  * named weights. */

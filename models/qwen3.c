@@ -153,7 +153,7 @@ static pio_status qwen3_forward(pio_model *m, const pio_batch *b, pio_tensor *lo
     if ((st = pio_scratch(m, PIO_SLOT_X, n, hp->n_embd, &x, err)) ||
         (st = pio_scratch(m, PIO_SLOT_H, n, hp->n_embd, &h, err)) ||
         (st = pio_scratch(m, PIO_SLOT_OUT, n, hp->n_embd, &out, err)) ||
-        (st = pio_cpu_embedding(w->embed, b->token, n, &x, err)))
+        (st = pio_build_embedding(m, w->embed, b, &x, err)))
         return st;
 
     for (int l = 0; l < hp->n_layer; l++) {

@@ -56,6 +56,8 @@ static void synth_chunk(void *ctx, int task, int thread) {
 static pio_tensor *synthesize(pio_weight_source *ws, const char *name, int ndim,
                               const int64_t *shape, pio_weight_kind kind, pio_error *err) {
     pio_dtype dt = kind == PIO_WEIGHT_NORM ? PIO_F32 : ws->dtype;
+    if (ws->model && ws->model->cuda && kind == PIO_WEIGHT_MATRIX) /* made where it is used */
+        return pio_model_cuda_random(ws->model, dt, ndim, shape, ws->seed ^ name_hash(name), err);
     pio_tensor *t = pio_tensor_new(dt, ndim, shape, err);
     if (!t) return NULL;
     int64_t n = pio_tensor_numel(t);
@@ -171,8 +173,12 @@ pio_tensor *pio_weights_load(pio_weight_source *ws, const char *name, int ndim,
     pio_tensor *t = ws->dry_run     ? dry_header(ws, ndim, shape, kind, err)
                     : ws->synthetic ? synthesize(ws, name, ndim, shape, kind, err)
                                     : from_checkpoint(ws, name, ndim, shape, kind, err);
-    if (!t) return NULL;
     pio_model *m = ws->model;
+    /* A model on the GPU: each weight goes to the device as it loads, so the
+     * host never holds more than one of them beyond the memory map. */
+    if (t && m && m->cuda && t->storage->device == PIO_DEVICE_CPU && !ws->dry_run)
+        t = pio_model_cuda_upload(m, t, err);
+    if (!t) return NULL;
     if (m && m->n_weights == m->cap_weights) { /* list it for pio_model_save */
         size_t cap = m->cap_weights ? 2 * m->cap_weights : 64;
         void *grown = realloc(m->weights, cap * sizeof *m->weights);

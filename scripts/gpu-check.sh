@@ -24,6 +24,7 @@ build="${PIO_GPU_BUILD:-$root/build-gpu}"
 logs="${OUT:-$build}"
 arch="${PIO_CUDA_ARCH:-90}"
 mkdir -p "$build" "$logs"
+cd "$root" # busted reads .busted here; suites name paths from here
 failed=()
 t_start=$(date +%s)
 
@@ -58,6 +59,9 @@ command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
 echo "nvcc: $(nvcc --version 2>/dev/null | tail -n 1 || echo missing)"
 echo "cmake: $(cmake --version | head -n 1)"
 
+# Unpacked Debian packages (scripts/gpu-deps.sh), where the machine lacks them.
+source "$root/scripts/gpu-env.sh"
+
 src="$root"
 if ! pkg-config --exists lua5.4 libcjson libpcre2-8 libutf8proc 2>/dev/null; then
   src="$root/kernels/cuda/standalone"
@@ -73,7 +77,11 @@ fi
 
 step configure 120 cmake -S "$src" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CUDA_ARCHITECTURES="$arch" -DPIO_CUDA_VERBOSE=ON -DPIO_CUDA_WERROR=OFF
-step build 300 cmake --build "$build" -j"$(nproc)" --target test-cuda-ops cuda-micro
+if [ "$src" = "$root" ]; then
+  step build 300 cmake --build "$build" -j"$(nproc)"
+else
+  step build 300 cmake --build "$build" -j"$(nproc)" --target test-cuda-ops cuda-micro
+fi
 # The compiler's resource report (registers, shared memory, spills) for the notes.
 grep -hE "ptxas info *: (Compiling|Used)|spill" "$logs/build.log" >"$logs/ptxas.txt" 2>/dev/null || true
 
@@ -95,16 +103,34 @@ if [ -x "$build/cuda-micro" ]; then
   step micro-bench 240 "$build/cuda-micro" "${quick[@]}"
 fi
 
-# TODO(issue 4): end-to-end tg128 / pp512 / pp2048 on a synthetic Qwen3-4B through
-# pio.load(dir, {device = "cuda"}) once the backend is wired into the model forward,
-# and transformers on the same card for the ratio.
-echo "model benchmark: not wired yet"
+# The model on the GPU: busted's gpu-tagged specs (Qwen3 fixtures against
+# transformers' outputs in f32 and bf16, errors), then the end-to-end benchmark
+# (bench/cuda.lua: synthetic Qwen3-4B, tg128 / pp512 / pp2048 / tg128 @ d2048,
+# transformers on the same card) against the ceilings measured above.
+if [ -x "$build/pio" ]; then
+  busted_cmd=(busted)
+  command -v busted >/dev/null || busted_cmd=(lua5.4 "$root/.gpu-deps/root/usr/bin/busted")
+  step gpu-specs 300 env PIO_BUILD_DIR="$build" "${busted_cmd[@]}" --tags=gpu
+  if grep -qE "^0 passed" "$logs/gpu-specs.log" 2>/dev/null; then failed+=("gpu-specs-none-ran"); fi
+  copy=$(sed -nE 's/^ceilings: copy ([0-9.]+) GB\/s.*/\1/p' "$logs/micro-bench.log" 2>/dev/null | head -n 1)
+  peak=$(sed -nE 's/^ceilings:.*peak ([0-9.]+) TFLOP\/s.*/\1/p' "$logs/micro-bench.log" 2>/dev/null | head -n 1)
+  reps=5
+  [ "${PIO_GPU_QUICK:-0}" = 1 ] && reps=3
+  step model-bench 360 env PIO_GPU_COPY_GBS="$copy" PIO_GPU_PEAK_TFLOPS="$peak" \
+    "$build/pio" bench "$root/bench/cuda.lua" --reps "$reps" --json "$logs/bench-cuda.json"
+fi
 
 echo
 echo "== summary ($(($(date +%s) - t_start))s)"
 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | sed 's/^/card: /' || true
 if [ -f "$logs/gpu-tests.log" ]; then
   grep -E "tests passed|passed, [0-9]+ failed" "$logs/gpu-tests.log" | tail -n 2 | sed 's/^/tests: /' || true
+fi
+if [ -f "$logs/gpu-specs.log" ]; then
+  grep -E "^[0-9]+ passed, [0-9]+ failed" "$logs/gpu-specs.log" | tail -n 1 | sed 's/^/gpu specs: /' || true
+fi
+if [ -f "$logs/model-bench.log" ]; then
+  sed -n '/^| model/,$p' "$logs/model-bench.log" | grep -vE "^(peak memory|wrote)" || true
 fi
 if [ -f "$logs/micro-bench.log" ]; then
   grep -E "^ceilings:|^one layer's 7 matvecs|^one layer \(4 GEMMs\)|^decode @|^prompt [0-9]+ tokens|^prompt [0-9]+: tensor cores, bf16|^decode at 4096" \

@@ -324,7 +324,11 @@ function M.run(suite, opts)
   result.machine.read_bandwidth_readings = bw_readings
   local function measure_bandwidth()
     if not suite.roofline then return end
-    local ok, bw = pcall(pio.read_bandwidth, { threads = suite.threads or 0, mib = 1024 })
+    -- A suite may bring its own reading (a GPU's: bench/cuda.lua).
+    local reader = suite.bandwidth or function()
+      return pio.read_bandwidth({ threads = suite.threads or 0, mib = 1024 })
+    end
+    local ok, bw = pcall(reader)
     if ok and bw then
       bw_readings[#bw_readings + 1] = bw
       bandwidth = math.max(bandwidth or 0, bw)
@@ -351,9 +355,11 @@ function M.run(suite, opts)
     local model, err = pio.load(m.path, {
       synthetic = m.synthetic, seed = m.seed, dtype = m.dtype, threads = m.threads,
       ctx = max_depth > 4096 and max_depth or nil, progress = false,
+      device = m.device or suite.device,
     })
     if not model then error(string.format("model %s: %s", m.name, err), 0) end
     local info = model:info()
+    local backend = info.device == "cuda" and "CUDA" or "CPU"
     local weight_bytes = model:decode_bytes()
     local label = string.format("%s %s", m.name, m.dtype)
     local per_test = {}
@@ -404,7 +410,7 @@ function M.run(suite, opts)
       log("  %s: %s %s t/s (load %s)", label, spec.name, fmt_tps(r), tostring(load))
       local row = {
         model = m.name, dtype = m.dtype, size_bytes = info.weight_bytes,
-        params = info.parameters, backend = "CPU", threads = info.threads, test = spec.name,
+        params = info.parameters, backend = backend, threads = info.threads, test = spec.name,
         tps = r.mean, tps_sd = r.sd, samples = r.samples, load_average = load,
       }
       if spec.decode and suite.roofline then
@@ -412,7 +418,7 @@ function M.run(suite, opts)
       end
       result.rows[#result.rows + 1] = row
       rows[#rows + 1] = { label, gib(info.weight_bytes), string.format("%.2f B", info.parameters / 1e9),
-                          "CPU", tostring(info.threads), spec.name, fmt_tps(r) }
+                          backend, tostring(info.threads), spec.name, fmt_tps(r) }
       if interleave then run_peers({ spec }) end
     end
     result.models[#result.models + 1] = {
@@ -501,6 +507,8 @@ function M.run(suite, opts)
   end
   out:write(string.format("peak memory: %s; revision %s\n", gib(M.peak_rss() or 0),
                           tostring(result.revision)))
+  -- A suite's own summary of the rows (bench/cuda.lua: fractions of the GPU's limits).
+  if suite.report then suite.report(result, out) end
   if opts.json then
     local f, err = io.open(opts.json, "w")
     if not f then error("cannot write " .. opts.json .. ": " .. tostring(err), 0) end

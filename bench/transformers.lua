@@ -1,0 +1,57 @@
+-- bench/transformers.lua: a peer for `pio bench` suites on the GPU (bench/cuda.lua):
+-- transformers with the same architecture and shapes (the suite's config.json),
+-- random bf16 weights made on the device (speed does not depend on the values),
+-- sdpa attention, run by bench/peers/transformers_bench.py with the python3
+-- that has torch and transformers (PIO_BENCH_TORCH_PYTHON, default python3).
+local M = { name = "transformers" }
+
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "bench"
+local build_text
+
+local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+local function python()
+  local env = os.getenv("PIO_BENCH_TORCH_PYTHON")
+  return (env and env ~= "") and env or "python3"
+end
+
+local function run_capture(cmd)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  local ok = p:close()
+  return ok, out
+end
+
+function M.describe() return build_text or "not run" end
+
+function M.prepare(ctx)
+  local ok, out = run_capture(quote(python()) ..
+    " -c 'import torch, transformers; assert torch.cuda.is_available(), \"no CUDA in torch\"' 2>&1")
+  if not ok then return nil, "no usable torch + transformers with CUDA: " .. out:sub(-200) end
+  return ctx.spec.path:match("^(.*)/[^/]*$") or "."
+end
+
+function M.run(dir, ctx)
+  local args = {}
+  for _, s in ipairs(ctx.specs) do
+    args[#args + 1] = quote(string.format("%d,%d,%d,%s", s.n_prompt, s.n_gen, s.depth, s.name))
+  end
+  local ok, out = run_capture(string.format("%s %s %s %d %s 2>&1", quote(python()),
+    quote(here .. "/peers/transformers_bench.py"), quote(dir), ctx.reps, table.concat(args, " ")))
+  local results = {}
+  for line in out:gmatch("[^\n]+") do
+    local build = line:match('^{"build": "(.*)"}$')
+    if build then build_text = build end
+    local name, list = line:match('^{"test": "(.-)", "samples": %[(.-)%]}$')
+    if name then
+      local samples = {}
+      for v in list:gmatch("[^,%s]+") do samples[#samples + 1] = tonumber(v) end
+      local mean, sd = require("pio.bench").stats(samples)
+      results[name] = { mean = mean, sd = sd, samples = samples }
+    end
+  end
+  if not ok and next(results) == nil then return nil, "transformers_bench.py failed: " .. out:sub(-2000) end
+  return results
+end
+
+return M

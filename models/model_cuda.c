@@ -1,0 +1,243 @@
+/* models/model_cuda.c: a model on an NVIDIA GPU.
+ *
+ * The architectures and the layer builders are the same as on the CPU; what
+ * changes is where tensors live. Weights are uploaded once, as they load (bf16
+ * in bf16 mode, f32 in the f32 reference mode; synthetic weights are made on
+ * the device); the KV cache and the activations are device tensors in the
+ * activation dtype (bf16 in bf16 mode: every value there is a bf16 value on
+ * the CPU too, so keeping them in bf16 changes no number and halves the
+ * traffic). Each forward pass uploads its batch (token ids, slots, positions)
+ * once, runs the builders (layers_cuda.c) on the context's stream, and copies
+ * the logits rows back. A one-token step (decode) is captured as a CUDA graph
+ * on its second run and replayed after that: the kernels read the positions
+ * from the uploaded batch, so one graph serves every position.
+ */
+#ifdef PIO_CUDA_KERNELS
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_ops.h"
+#include "model_internal.h"
+
+struct pio_model_cuda {
+    pio_cuda_ctx *ctx;
+    pio_cuda_batch *batch;
+    pio_tensor *inv_freq;                /* device f32 [head_dim / 2] */
+    pio_tensor *scratch[PIO_SLOT_COUNT]; /* device, activation dtype (LOGITS: f32) */
+    pio_tensor *logits_host;             /* host f32 [rows, n_vocab], grown */
+    pio_tensor logits_view;              /* what pio_model_forward hands out */
+    pio_cuda_graph *graph;               /* the one-token step */
+    int graph_state;                     /* GRAPH_* */
+    bool graph_logits;                   /* whether the captured step writes logits */
+    bool graphs_off;                     /* PIO_CUDA_GRAPHS=0 */
+};
+
+enum { GRAPH_NONE, GRAPH_WARM, GRAPH_READY, GRAPH_FAILED };
+
+pio_cuda_ctx *pio_model_cuda_ctx(const pio_model *m) { return m->cuda ? m->cuda->ctx : NULL; }
+const pio_cuda_batch *pio_model_cuda_batch(const pio_model *m) { return m->cuda->batch; }
+const pio_tensor *pio_model_cuda_inv_freq(const pio_model *m) { return m->cuda->inv_freq; }
+
+pio_dtype pio_model_act_dtype(const pio_model *m) {
+    return m->round_bf16 ? PIO_BF16 : PIO_F32;
+}
+
+bool pio_model_cuda_available(const char **why) {
+    static char reason[256];
+    pio_error err = {0};
+    if (pio_cuda_available(&err) > 0) return true;
+    snprintf(reason, sizeof reason, "%s", err.msg[0] ? err.msg : "no usable CUDA device");
+    if (why) *why = reason;
+    return false;
+}
+
+pio_status pio_model_cuda_init(pio_model *m, pio_error *err) {
+    m->cuda = calloc(1, sizeof *m->cuda);
+    if (!m->cuda) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+    const char *g = getenv("PIO_CUDA_GRAPHS");
+    m->cuda->graphs_off = g && strcmp(g, "0") == 0;
+    if (!(m->cuda->ctx = pio_cuda_ctx_new(NULL, err)) ||
+        !(m->cuda->batch = pio_cuda_batch_new(m->cuda->ctx, PIO_PROMPT_CHUNK, err)))
+        return pio_error_prefix(err, "starting the CUDA backend");
+    return PIO_OK;
+}
+
+void pio_model_cuda_free(pio_model *m) {
+    struct pio_model_cuda *c = m->cuda;
+    if (!c) return;
+    pio_cuda_graph_free(c->graph);
+    pio_tensor_free(c->logits_host);
+    /* Device tensors still alive (weights, cache, scratch) hold no memory of
+     * their own once the context goes: the pool releases every block. */
+    for (int i = 0; i < PIO_SLOT_COUNT; i++) pio_tensor_free(c->scratch[i]);
+    pio_tensor_free(c->inv_freq);
+    if (c->ctx) pio_cuda_batch_free(c->ctx, c->batch);
+    pio_cuda_ctx_free(c->ctx);
+    free(c);
+    m->cuda = NULL;
+}
+
+pio_tensor *pio_model_cuda_tensor(pio_model *m, pio_dtype dt, int ndim, const int64_t *shape,
+                                  pio_error *err) {
+    return pio_cuda_tensor_new(m->cuda->ctx, dt, ndim, shape, err);
+}
+
+pio_tensor *pio_model_cuda_upload(pio_model *m, pio_tensor *host, pio_error *err) {
+    pio_tensor *dev = pio_cuda_upload(m->cuda->ctx, host, host->dtype, err);
+    pio_tensor_free(host);
+    return dev;
+}
+
+/* Uniform in [-a, a) has standard deviation a / sqrt(3): a = 0.02 · sqrt(3)
+ * gives the CPU's normal(0, 0.02) spread (not its values). */
+pio_tensor *pio_model_cuda_random(pio_model *m, pio_dtype dt, int ndim, const int64_t *shape,
+                                  uint64_t seed, pio_error *err) {
+    pio_tensor *t = pio_cuda_tensor_new(m->cuda->ctx, dt, ndim, shape, err);
+    if (t && pio_cuda_fill_random(m->cuda->ctx, t, seed, 0.0346410162f, err) != PIO_OK) {
+        pio_cuda_tensor_free(m->cuda->ctx, t);
+        return NULL;
+    }
+    return t;
+}
+
+pio_status pio_model_cuda_prepare(pio_model *m, pio_error *err) {
+    int64_t half = m->hp.head_dim / 2;
+    pio_tensor *host = pio_tensor_new(PIO_F32, 1, &half, err);
+    if (!host) return err->status;
+    memcpy(pio_tensor_data(host), m->inv_freq, (size_t)half * sizeof(float));
+    m->cuda->inv_freq = pio_model_cuda_upload(m, host, err);
+    if (!m->cuda->inv_freq) return err->status;
+    return pio_cuda_sync(m->cuda->ctx, err);
+}
+
+pio_status pio_model_cuda_scratch(pio_model *m, enum pio_scratch_slot slot, int64_t n,
+                                  int64_t width, pio_tensor *view, pio_error *err) {
+    struct pio_model_cuda *c = m->cuda;
+    pio_tensor *buf = c->scratch[slot];
+    if (!buf || pio_tensor_numel(buf) < n * width) {
+        if (pio_cuda_capturing(c->ctx))
+            return pio_error_set(err, PIO_ERR_INVALID, "activations grew during a graph capture");
+        pio_dtype dt = slot == PIO_SLOT_LOGITS ? PIO_F32 : pio_model_act_dtype(m);
+        int64_t len = n * width;
+        pio_cuda_tensor_free(c->ctx, buf);
+        buf = c->scratch[slot] = pio_cuda_tensor_new(c->ctx, dt, 1, &len, err);
+        if (!buf) return pio_error_prefix(err, "activations for %lld tokens", (long long)n);
+    }
+    int64_t shape[2] = {n, width};
+    *view = pio_reshape(buf, 2, shape);
+    return PIO_OK;
+}
+
+size_t pio_model_cuda_scratch_bytes(const pio_model *m) {
+    size_t n = 0;
+    for (int i = 0; m->cuda && i < PIO_SLOT_COUNT; i++)
+        if (m->cuda->scratch[i]) n += pio_tensor_nbytes(m->cuda->scratch[i]);
+    return n;
+}
+
+/* The one-token step: run it directly the first time (every buffer gets its
+ * size), capture it the second time, replay it after that. A capture that
+ * fails leaves direct launches for good. */
+static pio_status run_step(pio_model *m, const pio_batch *b, int32_t n_out, pio_error *err) {
+    struct pio_model_cuda *c = m->cuda;
+    bool one = b->n_tokens == 1 && !c->graphs_off;
+    if (one && c->graph_state == GRAPH_READY && c->graph_logits == (n_out == 1))
+        return pio_cuda_graph_launch(c->ctx, c->graph, err);
+    if (!one || c->graph_state == GRAPH_FAILED || c->graph_state == GRAPH_NONE ||
+        c->graph_logits != (n_out == 1)) {
+        pio_status st = m->arch->forward(m, b, &m->logits, err);
+        if (st == PIO_OK && one) {
+            c->graph_state = GRAPH_WARM;
+            c->graph_logits = n_out == 1;
+        }
+        return st;
+    }
+    /* GRAPH_WARM, same shape: capture. */
+    pio_error cap = {0};
+    pio_status st = pio_cuda_graph_begin(c->ctx, &cap);
+    if (st == PIO_OK) {
+        pio_status fwd = m->arch->forward(m, b, &m->logits, &cap);
+        st = pio_cuda_graph_end(c->ctx, &c->graph, fwd == PIO_OK ? &cap : &(pio_error){0});
+        if (fwd != PIO_OK) st = fwd;
+    }
+    if (st != PIO_OK) {
+        if (getenv("PIO_VERBOSE"))
+            fprintf(stderr, "pio: CUDA graph capture failed (%s); launching directly\n", cap.msg);
+        c->graph_state = GRAPH_FAILED;
+        return m->arch->forward(m, b, &m->logits, err);
+    }
+    c->graph_state = GRAPH_READY;
+    return pio_cuda_graph_launch(c->ctx, c->graph, err);
+}
+
+pio_status pio_model_cuda_forward(pio_model *m, const pio_batch *b, int32_t n_out,
+                                  const pio_tensor **logits, pio_error *err) {
+    struct pio_model_cuda *c = m->cuda;
+    pio_status st;
+    if (b->n_tokens > c->batch->cap) { /* room for the largest batch seen */
+        pio_cuda_batch *grown = pio_cuda_batch_new(c->ctx, b->n_tokens, err);
+        if (!grown) return err->status;
+        pio_cuda_batch_free(c->ctx, c->batch);
+        c->batch = grown;
+    }
+    int64_t V = m->hp.n_vocab, rows = n_out ? n_out : 1;
+    if ((st = pio_cuda_batch_set(c->ctx, c->batch, b->token, b->seq, b->pos, b->n_tokens, err)) ||
+        (st = pio_model_cuda_scratch(m, PIO_SLOT_LOGITS, rows, V, &m->logits, err)))
+        return st;
+    m->logits.shape[0] = n_out;
+    if ((st = run_step(m, b, n_out, err))) return st;
+
+    if (!c->logits_host || pio_tensor_numel(c->logits_host) < rows * V) {
+        pio_tensor_free(c->logits_host);
+        int64_t len = rows * V;
+        if (!(c->logits_host = pio_tensor_new(PIO_F32, 1, &len, err))) return err->status;
+    }
+    int64_t shape[2] = {n_out, V};
+    c->logits_view = pio_reshape(c->logits_host, 2, shape);
+    if (n_out > 0 && (st = pio_cuda_copy_to_host(c->ctx, &c->logits_view, &m->logits, err)))
+        return st;
+    if ((st = pio_cuda_sync(c->ctx, err))) return st;
+    if (logits) *logits = &c->logits_view;
+    return PIO_OK;
+}
+
+#else /* no CUDA backend in this build: models never get m->cuda */
+#include "model_internal.h"
+
+bool pio_model_cuda_available(const char **why) {
+    if (why) *why = "this pio was built without its backend";
+    return false;
+}
+static pio_status absent(pio_error *err) {
+    return pio_error_set(err, PIO_ERR_UNSUPPORTED, "this pio was built without its CUDA backend");
+}
+pio_status pio_model_cuda_init(pio_model *m, pio_error *err) { return absent(err); }
+void pio_model_cuda_free(pio_model *m) { (void)m; }
+pio_tensor *pio_model_cuda_upload(pio_model *m, pio_tensor *host, pio_error *err) {
+    pio_tensor_free(host);
+    absent(err);
+    return NULL;
+}
+pio_tensor *pio_model_cuda_random(pio_model *m, pio_dtype dt, int ndim, const int64_t *shape,
+                                  uint64_t seed, pio_error *err) {
+    absent(err);
+    return NULL;
+}
+pio_tensor *pio_model_cuda_tensor(pio_model *m, pio_dtype dt, int ndim, const int64_t *shape,
+                                  pio_error *err) {
+    absent(err);
+    return NULL;
+}
+pio_status pio_model_cuda_prepare(pio_model *m, pio_error *err) { return absent(err); }
+pio_status pio_model_cuda_scratch(pio_model *m, enum pio_scratch_slot slot, int64_t n,
+                                  int64_t width, pio_tensor *view, pio_error *err) {
+    return absent(err);
+}
+size_t pio_model_cuda_scratch_bytes(const pio_model *m) { return 0; }
+pio_status pio_model_cuda_forward(pio_model *m, const pio_batch *b, int32_t n_out,
+                                  const pio_tensor **logits, pio_error *err) {
+    return absent(err);
+}
+pio_dtype pio_model_act_dtype(const pio_model *m) { return m->round_bf16 ? PIO_BF16 : PIO_F32; }
+#endif
