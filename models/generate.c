@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "generate_internal.h"
+#include "kv_internal.h"
 #include "model_internal.h"
 
 enum { PROMPT_CHUNK = PIO_PROMPT_CHUNK }; /* bounds activation memory for long prompts */
@@ -129,6 +130,11 @@ static bool grow(char **buf, size_t *cap, size_t need) {
 static pio_status advance(pio_generation *g, const float **row, pio_error *err) {
     pio_model *m = g->model;
     size_t begin = g->pos, end = g->n_tokens;
+    const bool prompt = begin == 0, prefix = m->kv->cfg.prefix_cache;
+    if (prompt && prefix) { /* a fresh sequence: start from the longest cached prefix */
+        pio_model_seq_free(m, g->opts.seq);
+        begin = (size_t)pio_model_seq_reuse_prefix(m, g->opts.seq, g->tokens, (int32_t)end);
+    }
     while (begin < end) {
         int32_t n = (int32_t)(end - begin < PROMPT_CHUNK ? end - begin : PROMPT_CHUNK);
         int32_t pos[PROMPT_CHUNK], seq[PROMPT_CHUNK];
@@ -145,6 +151,7 @@ static pio_status advance(pio_generation *g, const float **row, pio_error *err) 
         begin += (size_t)n;
         if (begin == end) *row = pio_tensor_data(logits);
     }
+    if (prompt && prefix) pio_model_seq_register_prefix(m, g->opts.seq, g->tokens, (int32_t)end);
     g->pos = (int32_t)end;
     return PIO_OK;
 }
@@ -225,7 +232,7 @@ pio_status pio_generation_limit(pio_generation *g, const char **text, size_t *le
     pio_status st = PIO_OK;
     if (g->n_tokens - g->n_prompt >= (size_t)g->opts.max_new_tokens)
         st = finish(g, "length", len, err);
-    else if (g->n_tokens >= (size_t)g->model->n_ctx)
+    else if (g->n_tokens >= (size_t)pio_kv_max_pos(g->model)) /* windowed paged: unbounded */
         st = finish(g, "context", len, err);
     if (st != PIO_OK) return failed(g, st);
     *text = g->out && *len ? g->out : "";

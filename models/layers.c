@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cpu_ops.h"
+#include "kv_internal.h"
 #include "layers.h"
 #include "layers_cuda.h"
 
@@ -105,13 +106,15 @@ pio_status pio_build_attn(pio_model *m, int layer, const pio_attn_weights *w, co
     if ((st = pio_cpu_rope(&q3, b->pos, m->inv_freq, (int)D, m->round_bf16, err)) ||
         (st = pio_cpu_rope(&k3, b->pos, m->inv_freq, (int)D, m->round_bf16, err)))
         return st;
-    if ((st = pio_cpu_kv_write(&k3, &v3, m->cache_k[layer], m->cache_v[layer], b->seq, b->pos,
-                               err)))
-        return st;
     float scale = (float)(1.0 / sqrt((double)D));
-    if ((st = pio_cpu_attention(m->pool, &q3, m->cache_k[layer], m->cache_v[layer], b->seq,
-                                b->pos, scale, &a3, m->round_bf16, err)))
+    if (m->kv->custom) { /* paged, int8 or windowed: through the block tables (models/kv.c) */
+        if ((st = pio_kv_attend(m, layer, b, &q3, &k3, &v3, scale, &a3, err))) return st;
+    } else if ((st = pio_cpu_kv_write(&k3, &v3, m->cache_k[layer], m->cache_v[layer], b->seq,
+                                      b->pos, err)) ||
+               (st = pio_cpu_attention(m->pool, &q3, m->cache_k[layer], m->cache_v[layer], b->seq,
+                                       b->pos, scale, &a3, m->round_bf16, err))) {
         return st;
+    }
     if (m->round_bf16) pio_cpu_round_bf16(&att);
     return pio_build_linear(m, &att, w->wo, out, err);
 }

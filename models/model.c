@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "cpu_ops.h"
+#include "kv_internal.h"
 #include "model_internal.h"
 #include "pio/json.h"
 
@@ -280,11 +281,13 @@ static pio_status footprint(pio_model *m, const char *dir, const pio_load_opts *
     pio_status st = m->arch->load_weights(m, &ws, err);
     if (m->arch_state) m->arch->free_weights(m);
     m->arch_state = NULL;
+    size_t kv_bytes = 0;
+    if (st == PIO_OK) st = pio_kv_bytes_for(m, &opts->kv, &kv_bytes, err);
     if (st) return st;
     const pio_hparams *hp = &m->hp;
     *fp = (pio_model_footprint){
         .family = m->arch->family, .n_params = ws.params, .dtype = m->dtype,
-        .weight_bytes = ws.bytes, .kv_bytes = kv_cache_bytes(m),
+        .weight_bytes = ws.bytes, .kv_bytes = kv_bytes,
         .activation_bytes = activation_estimate(m), .n_vocab = hp->n_vocab, .n_ctx = m->n_ctx,
         .n_ctx_train = hp->n_ctx_train, .n_layer = hp->n_layer, .n_embd = hp->n_embd,
         .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
@@ -360,7 +363,11 @@ pio_model *pio_model_load(const char *path, const pio_load_opts *opts_in, pio_er
         m->n_params = ws.params;
     }
     if (st == PIO_OK) st = compute_inv_freq(m, err);
-    if (st == PIO_OK) st = alloc_kv_cache(m, err);
+    /* The loader's tensors are the default cache; another layout is kv.c's. */
+    bool kv_default = opts.kv.layout == PIO_KV_CONTIGUOUS && opts.kv.format == PIO_KV_MODEL_DTYPE &&
+                      opts.kv.attention == PIO_ATTN_FULL;
+    if (st == PIO_OK && kv_default) st = alloc_kv_cache(m, err);
+    if (st == PIO_OK) st = pio_kv_init(m, &opts.kv, err);
     if (st == PIO_OK && m->cuda) st = pio_model_cuda_prepare(m, err);
     if (st != PIO_OK) {
         pio_model_free(m);
@@ -376,6 +383,8 @@ void pio_model_free(pio_model *m) {
     for (int l = 0; m->cache_v && l < m->hp.n_layer; l++) pio_tensor_free(m->cache_v[l]);
     free(m->cache_k);
     free(m->cache_v);
+    m->cache_k = m->cache_v = NULL;
+    pio_kv_free(m);
     for (int i = 0; i < PIO_SLOT_COUNT; i++) pio_tensor_free(m->scratch.buf[i]);
     for (size_t i = 0; i < m->n_weights; i++) free(m->weights[i].name);
     free(m->weights);
@@ -413,7 +422,7 @@ static pio_status check_batch(const pio_model *m, const pio_batch *b, pio_error 
             return pio_error_set(err, PIO_ERR_RANGE,
                                  "sequence slot %d is outside [0, %d) (raise max_seqs)",
                                  b->seq[i], m->max_seqs);
-        if (b->pos[i] < 0 || b->pos[i] >= m->n_ctx)
+        if (b->pos[i] < 0 || b->pos[i] >= pio_kv_max_pos(m))
             return pio_error_set(err, PIO_ERR_RANGE,
                                  "position %d is beyond the context of %d tokens", b->pos[i],
                                  m->n_ctx);
@@ -424,6 +433,7 @@ static pio_status check_batch(const pio_model *m, const pio_batch *b, pio_error 
 pio_status pio_model_forward(pio_model *m, const pio_batch *b, const pio_tensor **logits,
                              pio_error *err) {
     pio_status st = check_batch(m, b, err);
+    if (st == PIO_OK) st = pio_kv_prepare(m, b, err); /* room, copy on write, tokens */
     if (st != PIO_OK) return st;
     int32_t n_out = 0;
     for (int32_t i = 0; i < b->n_tokens; i++) n_out += !b->logits || b->logits[i];
@@ -432,6 +442,7 @@ pio_status pio_model_forward(pio_model *m, const pio_batch *b, const pio_tensor 
     if (st != PIO_OK) return st;
     m->logits.shape[0] = n_out;
     st = m->arch->forward(m, b, &m->logits, err);
+    if (st == PIO_OK) pio_kv_trim(m, b); /* windowed attention: blocks out of reach go back */
     if (logits) *logits = &m->logits;
     return st;
 }
@@ -503,20 +514,7 @@ static void renumber_weights(pio_model *m, const int32_t *layers, size_t n) {
 
 /* Drops the KV cache of the removed layers (sorted) and closes the gaps. */
 static void remove_kv_layers(pio_model *m, const int32_t *layers, size_t n) {
-    int32_t kept = 0;
-    for (int32_t l = 0, r = 0; l < m->hp.n_layer; l++) {
-        if ((size_t)r < n && layers[r] == l) {
-            m->kv_bytes -= pio_tensor_nbytes(m->cache_k[l]) + pio_tensor_nbytes(m->cache_v[l]);
-            pio_tensor_free(m->cache_k[l]);
-            pio_tensor_free(m->cache_v[l]);
-            r++;
-            continue;
-        }
-        m->cache_k[kept] = m->cache_k[l];
-        m->cache_v[kept] = m->cache_v[l];
-        kept++;
-    }
-    m->hp.n_layer = kept;
+    pio_kv_remove_layers(m, layers, n);
 }
 
 pio_status pio_model_surgery(pio_model *m, const pio_surgery *s, pio_surgery_report *rep,

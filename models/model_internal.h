@@ -118,6 +118,7 @@ struct pio_model {
     int32_t n_ctx, max_seqs;
     pio_tensor **cache_k, **cache_v; /* [n_layer] of [max_seqs, n_ctx, n_head_kv, head_dim] */
     size_t weight_bytes, kv_bytes;
+    struct pio_kv *kv;          /* the cache's layout, pools and slots (models/kv.c) */
     int64_t n_params;
     float *inv_freq;            /* [head_dim / 2] RoPE inverse frequencies */
     pio_scratch_bufs scratch;

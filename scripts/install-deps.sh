@@ -8,6 +8,7 @@ packages=(
   lua5.4 liblua5.4-dev                     # the embedded interpreter and its headers
   lua-cjson lua-busted                     # JSON in Lua; the Lua test runner
   libcjson-dev libpcre2-dev libutf8proc-dev libreadline-dev  # JSON, regex, NFC, REPL editing
+  libxxhash-dev                            # prefix-cache block keys (models/kv.c)
 )
 
 missing=()

@@ -20,9 +20,11 @@
  * accumulators.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "attention_kernels.h"
+#include "attention_paged.h"
 #include "cpu_features.h"
 #include "cpu_internal.h"
 #include "simd_avx2.h"
@@ -35,10 +37,12 @@ enum {
 
 typedef struct {
     const float *q;    /* [n, heads, dk] */
-    const void *k, *v; /* [slots, ctx, kv_heads, dk], [slots, ctx, kv_heads, dv] */
+    const pio_kv_view *kv; /* the cache: blocks [n_blocks, block, kv_heads, dk | dv] */
     float *out;        /* [n, heads, dv] */
     const int32_t *seq, *pos;
-    int64_t n, heads, kv_heads, dk, dv, ctx;
+    int64_t n, heads, kv_heads, dk, dv;
+    float *tiles;      /* int8 cache: per thread, SLICE dequantized rows of K and of V */
+    size_t tile_floats; /* floats per thread */
     int64_t group;   /* query heads per kv head */
     int64_t hb;      /* query heads per work item (<= HEAD_BATCH) */
     int64_t batches; /* work items per (token, kv head) */
@@ -228,30 +232,91 @@ static void prefetch_rows(const char *base, size_t step, size_t row_bytes, int64
             _mm_prefetch(base + (size_t)(j0 + j) * step + off, _MM_HINT_T1);
 }
 
+/* The positions token t attends to, as visible keys 0 .. n_keys-1: key j is
+ * position j for j < s_keep (the sink), else first + j - s_keep. */
+typedef struct {
+    int64_t slot, n_keys, s_keep, first;
+} span;
+
+static span span_of(const attn_ctx *c, int64_t t) {
+    int64_t s_keep, first;
+    pio_kv_visible(c->kv, c->pos[t], &s_keep, &first);
+    return (span){c->seq[t], s_keep + c->pos[t] - first + 1, s_keep, first};
+}
+
+/* Keys (which 0) or values (1) j .. j + *len - 1 of kv head g as rows `*step`
+ * bytes apart: *len is cut where the rows stop being evenly spaced (the end
+ * of the sink, of a block). An int8 cache is dequantized into tile. */
+static const char *kv_rows(const attn_ctx *c, int which, const span *sp, int64_t g, int64_t j,
+                           int64_t *len, size_t *step, float *tile) {
+    const pio_kv_pool *pool = &c->kv->pool;
+    const int64_t p = j < sp->s_keep ? j : sp->first + j - sp->s_keep;
+    int64_t run = j < sp->s_keep ? sp->s_keep - j : sp->n_keys - j;
+    const int64_t blk = c->kv->tables ? c->kv->tables[sp->slot].block[p / pool->block] : sp->slot;
+    const int64_t r = p % pool->block;
+    if (pool->block - r < run) run = pool->block - r;
+    if (*len > run) *len = run;
+    const int64_t d = which ? c->dv : c->dk;
+    const size_t es = pio_kv_elem_size(pool->elem);
+    const int64_t row = (blk * pool->block + r) * c->kv_heads + g; /* in rows of d elements */
+    const char *base = which ? pool->v : pool->k;
+    *step = (size_t)(c->kv_heads * d) * es;
+    if (pool->elem != PIO_KV_ELEM_I8) return base + (size_t)(row * d) * es;
+    const float *scale = (which ? pool->v_scale : pool->k_scale) + row;
+    pio_kv_dequant_rows((const int8_t *)base + row * d, *step, scale, (size_t)c->kv_heads, *len,
+                        d, tile);
+    *step = (size_t)d * sizeof(float);
+    return (const char *)tile;
+}
+
+/* Whether the keys are one evenly spaced run (a contiguous cache, full
+ * attention): then the next slice is prefetched while this one is computed. */
+static bool one_run(const attn_ctx *c) { return !c->kv->tables && c->kv->window <= 0; }
+
 /* s[b][j] = score of key j0 + j for the nh heads q[b], j < len, a slice of keys
  * at a time for all heads. */
 static void chunk_scores(const attn_ctx *c, const float *const *q, uint16_t (*qb)[QB_MAX],
-                         int64_t nh, const char *k, size_t k_step, int64_t j0, int64_t len,
-                         float (*s)[CHUNK]) {
+                         int64_t nh, const span *sp, int64_t g, int64_t j0, int64_t len,
+                         float (*s)[CHUNK], float *tile) {
     const size_t row_bytes = (size_t)c->dk * (c->k_bf16 ? 2 : 4);
     for (int64_t js = 0; js < len; js += SLICE) {
         int64_t sl = len - js < SLICE ? len - js : SLICE;
         int64_t next = len - js - sl < SLICE ? len - js - sl : SLICE;
-        prefetch_rows(k, k_step, row_bytes, j0 + js + sl, next);
-        for (int64_t b = 0; b < nh; b++)
-            scores(c, q[b], qb[b], k, k_step, j0 + js, sl, s[b] + js);
+        for (int64_t off = 0; off < sl;) {
+            int64_t seg = sl - off;
+            size_t step;
+            const char *k = kv_rows(c, 0, sp, g, j0 + js + off, &seg, &step, tile);
+            if (off == 0 && seg == sl && one_run(c))
+                prefetch_rows(k, step, row_bytes, sl, next);
+            for (int64_t b = 0; b < nh; b++) scores(c, q[b], qb[b], k, step, 0, seg, s[b] + js + off);
+            off += seg;
+        }
+    }
+}
+
+/* o[b] += Σ_j p[b][j] · v_j over values j0 .. j0 + len - 1, a slice at a time. */
+static void chunk_pv(const attn_ctx *c, float *const *o, int64_t nh, const span *sp, int64_t g,
+                     int64_t j0, int64_t len, float (*s)[CHUNK], float *tile) {
+    const size_t v_row_bytes = (size_t)c->dv * (c->v_bf16 ? 2 : 4);
+    for (int64_t js = 0; js < len; js += SLICE) {
+        int64_t sl = len - js < SLICE ? len - js : SLICE;
+        int64_t next = len - js - sl < SLICE ? len - js - sl : SLICE;
+        for (int64_t off = 0; off < sl;) {
+            int64_t seg = sl - off;
+            size_t step;
+            const char *v = kv_rows(c, 1, sp, g, j0 + js + off, &seg, &step, tile);
+            if (off == 0 && seg == sl && one_run(c))
+                prefetch_rows(v, step, v_row_bytes, sl, next);
+            for (int64_t b = 0; b < nh; b++) pv(c, o[b], s[b] + js + off, v, step, seg);
+            off += seg;
+        }
     }
 }
 
 /* Query heads h0..h0+nh-1 of token t, all reading kv head g. */
-static void attend(const attn_ctx *c, int64_t t, int64_t g, int64_t h0, int64_t nh) {
-    const int64_t n_keys = (int64_t)c->pos[t] + 1;
-    const int64_t row0 =
-        (int64_t)c->seq[t] * c->ctx * c->kv_heads + g; /* key 0 of head g, in rows */
-    const size_t k_step = (size_t)(c->kv_heads * c->dk) * (c->k_bf16 ? 2 : 4);
-    const size_t v_step = (size_t)(c->kv_heads * c->dv) * (c->v_bf16 ? 2 : 4);
-    const char *k = (const char *)c->k + (size_t)(row0 * c->dk) * (c->k_bf16 ? 2 : 4);
-    const char *v = (const char *)c->v + (size_t)(row0 * c->dv) * (c->v_bf16 ? 2 : 4);
+static void attend(const attn_ctx *c, int64_t t, int64_t g, int64_t h0, int64_t nh, float *tile) {
+    const span sp = span_of(c, t);
+    const int64_t n_keys = sp.n_keys;
     const float *q[HEAD_BATCH];
     float *o[HEAD_BATCH];
     float s[HEAD_BATCH][CHUNK], max[HEAD_BATCH], sum[HEAD_BATCH];
@@ -270,7 +335,7 @@ static void attend(const attn_ctx *c, int64_t t, int64_t g, int64_t h0, int64_t 
         /* Pass 1: each head's max and sum of e^(s − max) over all keys. */
         for (int64_t j0 = 0; j0 < n_keys; j0 += CHUNK) {
             int64_t len = n_keys - j0 < CHUNK ? n_keys - j0 : CHUNK;
-            chunk_scores(c, q, qb, nh, k, k_step, j0, len, s);
+            chunk_scores(c, q, qb, nh, &sp, g, j0, len, s, tile);
             for (int64_t b = 0; b < nh; b++) {
                 float cmax = max_of(s[b], len);
                 if (cmax > max[b]) {
@@ -285,7 +350,7 @@ static void attend(const attn_ctx *c, int64_t t, int64_t g, int64_t h0, int64_t 
 
     for (int64_t j0 = 0; j0 < n_keys; j0 += CHUNK) {
         int64_t len = n_keys - j0 < CHUNK ? n_keys - j0 : CHUNK;
-        if (!have_scores) chunk_scores(c, q, qb, nh, k, k_step, j0, len, s);
+        if (!have_scores) chunk_scores(c, q, qb, nh, &sp, g, j0, len, s, tile);
         for (int64_t b = 0; b < nh; b++) {
             if (c->round_bf16) {
                 exp_in_place(s[b], len, max[b], 1.0f / sum[b]);
@@ -304,33 +369,80 @@ static void attend(const attn_ctx *c, int64_t t, int64_t g, int64_t h0, int64_t 
                 sum[b] += exp_in_place(s[b], len, max[b], 1.0f);
             }
         }
-        const size_t v_row_bytes = (size_t)c->dv * (c->v_bf16 ? 2 : 4);
-        for (int64_t js = 0; js < len; js += SLICE) {
-            int64_t sl = len - js < SLICE ? len - js : SLICE;
-            int64_t next = len - js - sl < SLICE ? len - js - sl : SLICE;
-            prefetch_rows(v, v_step, v_row_bytes, j0 + js + sl, next);
-            for (int64_t b = 0; b < nh; b++)
-                pv(c, o[b], s[b] + js, v + (size_t)(j0 + js) * v_step, v_step, sl);
-        }
+        chunk_pv(c, o, nh, &sp, g, j0, len, s, tile);
     }
     if (!c->round_bf16) /* o held Σ e^(s − max) v */
         for (int64_t b = 0; b < nh; b++) scale_row(o[b], c->dv, 1.0f / sum[b]);
 }
 
 static void attention_task(void *arg, int task, int thread) {
-    (void)thread;
     const attn_ctx *c = arg;
+    float *tile = c->tiles ? c->tiles + (size_t)thread * c->tile_floats : NULL;
     int64_t i0, i1;
     pio_cpu_task_range(c->n * c->kv_heads * c->batches, c->n_tasks, task, 1, &i0, &i1);
     for (int64_t i = i0; i < i1; i++) {
         int64_t t = i / (c->kv_heads * c->batches), rest = i % (c->kv_heads * c->batches);
         int64_t g = rest / c->batches, b = rest % c->batches;
         int64_t first = b * c->hb, nh = c->group - first < c->hb ? c->group - first : c->hb;
-        attend(c, t, g, g * c->group + first, nh);
+        attend(c, t, g, g * c->group + first, nh, tile);
     }
 }
 
-/* ---- entry point --------------------------------------------------------- */
+/* ---- entry points -------------------------------------------------------- */
+
+pio_status pio_cpu_attention_run(pio_threadpool *pool, const float *q, int64_t n, int64_t heads,
+                                 const pio_kv_view *kv, const int32_t *seq, const int32_t *pos,
+                                 float scale, float *out, bool round_bf16, pio_error *err) {
+    const pio_kv_pool *kp = &kv->pool;
+    const bool int8 = kp->elem == PIO_KV_ELEM_I8; /* read through f32 tiles */
+    attn_ctx c = {.q = q,
+                  .kv = kv,
+                  .out = out,
+                  .seq = seq,
+                  .pos = pos,
+                  .n = n,
+                  .heads = heads,
+                  .kv_heads = kp->kv_heads,
+                  .dk = kp->dk,
+                  .dv = kp->dv,
+                  .scale = scale,
+                  .k_bf16 = kp->elem == PIO_KV_ELEM_BF16,
+                  .v_bf16 = kp->elem == PIO_KV_ELEM_BF16,
+                  .round_bf16 = round_bf16};
+    pio_cpu_level level = pio_cpu_level_get();
+    c.avx512 = level >= PIO_CPU_AVX512;
+    c.dot = level >= PIO_CPU_AVX512_BF16 && round_bf16 && c.k_bf16 && c.dk <= QB_MAX;
+    int64_t keys = 0; /* keys visited per head, summed over tokens: the work estimate */
+    for (int64_t t = 0; t < c.n; t++) keys += span_of(&c, t).n_keys;
+    if (c.n == 0 || c.heads == 0) return PIO_OK;
+
+    /* Batch the heads of a group for cache reuse, but halve the batch while
+     * that leaves fewer than two items per thread (decode with few kv heads
+     * on many threads). */
+    int threads = pio_threadpool_size(pool);
+    if (int8) {
+        c.tile_floats = (size_t)SLICE * (size_t)(c.dk > c.dv ? c.dk : c.dv);
+        c.tiles = malloc((size_t)threads * c.tile_floats * sizeof(float));
+        if (!c.tiles)
+            return pio_error_set(err, PIO_ERR_OOM, "attention: out of memory for int8 tiles");
+    }
+    c.group = c.heads / c.kv_heads;
+    c.hb = c.group < HEAD_BATCH ? c.group : HEAD_BATCH;
+    for (;;) {
+        c.batches = (c.group + c.hb - 1) / c.hb;
+        if (c.hb == 1 || c.n * c.kv_heads * c.batches >= 2 * (int64_t)threads) break;
+        c.hb = (c.hb + 1) / 2;
+    }
+    /* Items differ in cost (later tokens see more keys), so cut finer than
+     * other kernels: up to 16 tasks per thread, one for tiny problems. */
+    const int64_t items = c.n * c.kv_heads * c.batches;
+    const int64_t work = keys * c.heads * (c.dk + c.dv);
+    const int64_t tasks = work < 65536 || threads == 1 ? 1 : 16 * (int64_t)threads;
+    c.n_tasks = (int)(tasks < items ? tasks : items);
+    pio_threadpool_run(pool, c.n_tasks, attention_task, &c);
+    free(c.tiles);
+    return PIO_OK;
+}
 
 pio_status pio_cpu_attention(pio_threadpool *pool, const pio_tensor *q, const pio_tensor *cache_k,
                              const pio_tensor *cache_v, const int32_t *seq, const int32_t *pos,
@@ -351,66 +463,36 @@ pio_status pio_cpu_attention(pio_threadpool *pool, const pio_tensor *q, const pi
         cache_v->shape[1] != cache_k->shape[1] || cache_v->shape[2] != cache_k->shape[2])
         return pio_cpu_shape_error(err, op, "cache_k", cache_k, "cache_v", cache_v,
                                    "must agree on slots, ctx and kv_heads");
+    if (cache_k->dtype != cache_v->dtype)
+        return pio_cpu_shape_error(err, op, "cache_k", cache_k, "cache_v", cache_v,
+                                   "must have the same dtype");
     if (out->ndim != 3 || out->shape[0] != q->shape[0] || out->shape[1] != q->shape[1] ||
         out->shape[2] != cache_v->shape[3])
         return pio_cpu_shape_error(err, op, "q", q, "out", out,
                                    "do not fit out[n, heads, v_head_dim] for this q and cache_v");
     if (pio_cpu_overlap(q, out))
         return pio_cpu_shape_error(err, op, "q", q, "out", out, "overlap in memory");
-
-    attn_ctx c = {.q = pio_tensor_data(q),
-                  .k = pio_tensor_data(cache_k),
-                  .v = pio_tensor_data(cache_v),
-                  .out = pio_tensor_data(out),
-                  .seq = seq,
-                  .pos = pos,
-                  .n = q->shape[0],
-                  .heads = q->shape[1],
-                  .kv_heads = cache_k->shape[2],
-                  .dk = q->shape[2],
-                  .dv = cache_v->shape[3],
-                  .ctx = cache_k->shape[1],
-                  .scale = scale,
-                  .k_bf16 = cache_k->dtype == PIO_BF16,
-                  .v_bf16 = cache_v->dtype == PIO_BF16,
-                  .round_bf16 = round_bf16};
-    pio_cpu_level level = pio_cpu_level_get();
-    c.avx512 = level >= PIO_CPU_AVX512;
-    c.dot = level >= PIO_CPU_AVX512_BF16 && round_bf16 && c.k_bf16 && c.dk <= QB_MAX;
-    if (c.n > 0 && (!seq || !pos))
+    const int64_t n = q->shape[0], slots = cache_k->shape[0], ctx = cache_k->shape[1];
+    if (n > 0 && (!seq || !pos))
         return pio_error_set(err, PIO_ERR_INVALID, "%s: seq and pos are required", op);
-    int64_t keys = 0; /* keys visited per head, summed over tokens: the work estimate */
-    for (int64_t t = 0; t < c.n; t++) {
-        if (seq[t] < 0 || seq[t] >= cache_k->shape[0])
+    for (int64_t t = 0; t < n; t++) {
+        if (seq[t] < 0 || seq[t] >= slots)
             return pio_error_set(err, PIO_ERR_RANGE,
                                  "%s: token %lld: sequence slot %d is out of range for %lld slots",
-                                 op, (long long)t, (int)seq[t], (long long)cache_k->shape[0]);
-        if (pos[t] < 0 || pos[t] >= c.ctx)
+                                 op, (long long)t, (int)seq[t], (long long)slots);
+        if (pos[t] < 0 || pos[t] >= ctx)
             return pio_error_set(
                 err, PIO_ERR_RANGE,
                 "%s: token %lld: position %d is out of range for a context of %lld", op,
-                (long long)t, (int)pos[t], (long long)c.ctx);
-        keys += pos[t] + 1;
+                (long long)t, (int)pos[t], (long long)ctx);
     }
-    if (c.n == 0 || c.heads == 0) return PIO_OK;
-
-    /* Batch the heads of a group for cache reuse, but halve the batch while
-     * that leaves fewer than two items per thread (decode with few kv heads
-     * on many threads). */
-    int threads = pio_threadpool_size(pool);
-    c.group = c.heads / c.kv_heads;
-    c.hb = c.group < HEAD_BATCH ? c.group : HEAD_BATCH;
-    for (;;) {
-        c.batches = (c.group + c.hb - 1) / c.hb;
-        if (c.hb == 1 || c.n * c.kv_heads * c.batches >= 2 * (int64_t)threads) break;
-        c.hb = (c.hb + 1) / 2;
-    }
-    /* Items differ in cost (later tokens see more keys), so cut finer than
-     * other kernels: up to 16 tasks per thread, one for tiny problems. */
-    const int64_t items = c.n * c.kv_heads * c.batches;
-    const int64_t work = keys * c.heads * (c.dk + c.dv);
-    const int64_t tasks = work < 65536 || threads == 1 ? 1 : 16 * (int64_t)threads;
-    c.n_tasks = (int)(tasks < items ? tasks : items);
-    pio_threadpool_run(pool, c.n_tasks, attention_task, &c);
-    return PIO_OK;
+    /* The contiguous cache is a pool of one ctx-long block per slot. */
+    pio_kv_view kv = {
+        .pool = {.k = pio_tensor_data(cache_k), .v = pio_tensor_data(cache_v),
+                 .elem = cache_k->dtype == PIO_BF16 ? PIO_KV_ELEM_BF16 : PIO_KV_ELEM_F32,
+                 .n_blocks = slots, .block = ctx, .kv_heads = cache_k->shape[2],
+                 .dk = cache_k->shape[3], .dv = cache_v->shape[3]},
+        .slots = slots};
+    return pio_cpu_attention_run(pool, pio_tensor_data(q), n, q->shape[1], &kv, seq, pos, scale,
+                                 pio_tensor_data(out), round_bf16, err);
 }

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "pio/error.h"
+#include "pio/kv.h"
 #include "pio/tensor.h"
 #include "pio/tokenizer.h"
 
@@ -38,6 +39,7 @@ typedef struct pio_load_opts {
     void *progress_ud;
     size_t max_bytes;        /* 0: no limit; else a model whose footprint (weights, KV cache,
                                 activations) exceeds it is refused before anything is allocated */
+    pio_kv_config kv;        /* the KV cache (pio/kv.h); all zero: contiguous, the model's dtype */
 } pio_load_opts;
 
 pio_load_opts pio_load_opts_default(void);
