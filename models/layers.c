@@ -51,6 +51,14 @@ pio_status pio_build_residual(pio_model *m, pio_tensor *x, const pio_tensor *y, 
     return st;
 }
 
+pio_status pio_build_residual_norm(pio_model *m, pio_tensor *x, const pio_tensor *y,
+                                   const pio_tensor *w, float eps, pio_tensor *out,
+                                   pio_error *err) {
+    ON_CUDA(m, pio_cuda_build_residual_norm(m, x, y, w, eps, out, err));
+    pio_status st = pio_build_residual(m, x, y, err);
+    return st ? st : pio_build_norm(m, x, w, eps, out, err);
+}
+
 /* One matmul by a fused matrix, its output columns then handed to the parts
  * in order: outs[i] [n, width_i] gets columns [Σ earlier widths, + width_i). */
 static pio_status build_fused_linear(pio_model *m, const pio_tensor *h, const pio_tensor *w,

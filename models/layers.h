@@ -75,6 +75,12 @@ typedef struct pio_moe_params {
 pio_status pio_build_moe(pio_model *m, const pio_moe_weights *w, const pio_moe_params *p,
                          const pio_tensor *h, pio_tensor *out, pio_error *err);
 
+/* x += y (rounded in bf16 mode), then out = RMSNorm(x) · w: a residual add and
+ * the norm after it, in one kernel on the GPU. out must not overlap x or y. */
+pio_status pio_build_residual_norm(pio_model *m, pio_tensor *x, const pio_tensor *y,
+                                   const pio_tensor *w, float eps, pio_tensor *out,
+                                   pio_error *err);
+
 /* x += y, rounded in bf16 mode (the residual stream is bf16 in transformers). */
 pio_status pio_build_residual(pio_model *m, pio_tensor *x, const pio_tensor *y, pio_error *err);
 

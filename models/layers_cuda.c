@@ -35,6 +35,13 @@ pio_status pio_cuda_build_residual(pio_model *m, pio_tensor *x, const pio_tensor
     return st ? st : round_f32_out(m, x, err);
 }
 
+pio_status pio_cuda_build_residual_norm(pio_model *m, pio_tensor *x, const pio_tensor *y,
+                                        const pio_tensor *w, float eps, pio_tensor *out,
+                                        pio_error *err) {
+    pio_status st = pio_cuda_add_rmsnorm(CTX(m), x, y, w, eps, out, m->round_bf16, err);
+    return st ? st : round_f32_out(m, x, err);
+}
+
 pio_status pio_cuda_build_embedding(pio_model *m, const pio_tensor *table, pio_tensor *out,
                                     pio_error *err) {
     return pio_cuda_embedding(CTX(m), table, pio_model_cuda_batch(m), out, err);

@@ -12,6 +12,9 @@ pio_status pio_cuda_build_norm(pio_model *m, const pio_tensor *x, const pio_tens
                                pio_tensor *out, pio_error *err);
 pio_status pio_cuda_build_residual(pio_model *m, pio_tensor *x, const pio_tensor *y,
                                    pio_error *err);
+pio_status pio_cuda_build_residual_norm(pio_model *m, pio_tensor *x, const pio_tensor *y,
+                                        const pio_tensor *w, float eps, pio_tensor *out,
+                                        pio_error *err);
 /* out [n, n_embd] = table[ids] for the batch uploaded by the forward pass. */
 pio_status pio_cuda_build_embedding(pio_model *m, const pio_tensor *table, pio_tensor *out,
                                     pio_error *err);

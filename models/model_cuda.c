@@ -101,6 +101,17 @@ pio_tensor *pio_model_cuda_random(pio_model *m, pio_dtype dt, int ndim, const in
     return t;
 }
 
+pio_status pio_model_cuda_copy(pio_model *m, pio_tensor *dst, const pio_tensor *src,
+                               pio_error *err) {
+    return pio_cuda_copy(m->cuda->ctx, dst, src, err);
+}
+
+void pio_model_cuda_release(pio_model *m, pio_storage *s) {
+    if (s && s->kind == PIO_STORAGE_DEVICE && __atomic_load_n(&s->refcount, __ATOMIC_ACQUIRE) == 1)
+        pio_cuda_free(m->cuda->ctx, s->base);
+    pio_storage_release(s);
+}
+
 pio_status pio_model_cuda_prepare(pio_model *m, pio_error *err) {
     int64_t half = m->hp.head_dim / 2;
     pio_tensor *host = pio_tensor_new(PIO_F32, 1, &half, err);
@@ -108,6 +119,16 @@ pio_status pio_model_cuda_prepare(pio_model *m, pio_error *err) {
     memcpy(pio_tensor_data(host), m->inv_freq, (size_t)half * sizeof(float));
     m->cuda->inv_freq = pio_model_cuda_upload(m, host, err);
     if (!m->cuda->inv_freq) return err->status;
+    /* Projections that read the same input are fused on the device (q|k|v and
+     * gate|up: the same numbers, one matrix-vector product instead of three or
+     * two). At batch 1 each product is short enough that its launch and ramp
+     * cost as much as a third of it (measured on an H100: q, k, v apart 33.5 us,
+     * fused 18.8 us per layer of Qwen3-4B). */
+    if (m->arch->fuse) {
+        pio_surgery_report rep = {0};
+        pio_status st = m->arch->fuse(m, true, true, &rep, err);
+        if (st) return pio_error_prefix(err, "fusing projections on the device");
+    }
     return pio_cuda_sync(m->cuda->ctx, err);
 }
 
@@ -230,6 +251,11 @@ pio_tensor *pio_model_cuda_tensor(pio_model *m, pio_dtype dt, int ndim, const in
     return NULL;
 }
 pio_status pio_model_cuda_prepare(pio_model *m, pio_error *err) { return absent(err); }
+pio_status pio_model_cuda_copy(pio_model *m, pio_tensor *dst, const pio_tensor *src,
+                               pio_error *err) {
+    return absent(err);
+}
+void pio_model_cuda_release(pio_model *m, pio_storage *s) { pio_storage_release(s); }
 pio_status pio_model_cuda_scratch(pio_model *m, enum pio_scratch_slot slot, int64_t n,
                                   int64_t width, pio_tensor *view, pio_error *err) {
     return absent(err);

@@ -61,7 +61,7 @@ typedef struct pio_weight_source {
  * tensor holds the 2-D parts' rows one after another (same dtype and width),
  * and each part is turned, in place, into a view of its rows of it (so
  * pointers to the parts stay valid and their old bytes are released). */
-pio_tensor *pio_weights_fuse(pio_tensor *const *parts, int n, pio_error *err);
+pio_tensor *pio_weights_fuse(pio_model *m, pio_tensor *const *parts, int n, pio_error *err);
 
 /* Loads one weight with the expected shape (checked: a mismatch names the
  * tensor and both shapes). A file tensor in the wanted dtype is used in place
@@ -151,6 +151,11 @@ pio_tensor *pio_model_cuda_random(pio_model *m, pio_dtype dt, int ndim, const in
 /* A zero-filled device tensor (the KV cache). */
 pio_tensor *pio_model_cuda_tensor(pio_model *m, pio_dtype dt, int ndim, const int64_t *shape,
                                   pio_error *err);
+/* dst ← src on the device (same shape and dtype, both contiguous). */
+pio_status pio_model_cuda_copy(pio_model *m, pio_tensor *dst, const pio_tensor *src,
+                               pio_error *err);
+/* Drops one reference to device storage, returning its block to the pool with the last. */
+void pio_model_cuda_release(pio_model *m, pio_storage *s);
 /* Once weights and cache are there: RoPE frequencies to the device, then a sync. */
 pio_status pio_model_cuda_prepare(pio_model *m, pio_error *err);
 /* pio_scratch on the device: activation dtype (bf16 in bf16 mode), LOGITS f32. */

@@ -156,16 +156,19 @@ static pio_status qwen3_forward(pio_model *m, const pio_batch *b, pio_tensor *lo
         (st = pio_build_embedding(m, w->embed, b, &x, err)))
         return st;
 
+    /* Each residual add is followed by the next norm: one builder does both
+     * (one kernel on the GPU), so layer l ends with layer l + 1's input norm. */
+    if ((st = pio_build_norm(m, &x, w->layers[0].attn_norm, eps, &h, err))) return st;
     for (int l = 0; l < hp->n_layer; l++) {
         const qwen3_layer *L = &w->layers[l];
         pio_attn_weights aw = {L->wq, L->wk, L->wv, L->wo, L->q_norm, L->k_norm, L->wqkv};
         pio_ffn_weights fw = {L->gate, L->up, L->down, L->gate_up};
-        if ((st = pio_build_norm(m, &x, L->attn_norm, eps, &h, err)) ||
-            (st = pio_build_attn(m, l, &aw, b, &h, &out, err)) ||
-            (st = pio_build_residual(m, &x, &out, err)) ||
-            (st = pio_build_norm(m, &x, L->ffn_norm, eps, &h, err)) ||
+        const pio_tensor *next_norm = l + 1 < hp->n_layer ? w->layers[l + 1].attn_norm : NULL;
+        if ((st = pio_build_attn(m, l, &aw, b, &h, &out, err)) ||
+            (st = pio_build_residual_norm(m, &x, &out, L->ffn_norm, eps, &h, err)) ||
             (st = pio_build_ffn(m, &fw, &h, &out, err)) ||
-            (st = pio_build_residual(m, &x, &out, err)))
+            (st = next_norm ? pio_build_residual_norm(m, &x, &out, next_norm, eps, &h, err)
+                            : pio_build_residual(m, &x, &out, err)))
             return pio_error_prefix(err, "layer %d", l);
     }
     return pio_build_logits(m, b, &x, w->norm, w->lm_head, logits, err);
@@ -219,14 +222,14 @@ static pio_status qwen3_fuse(pio_model *m, bool qkv, bool gate_up, pio_surgery_r
         qwen3_layer *L = &w->layers[l];
         if (qkv && !L->wqkv) {
             pio_tensor *parts[3] = {L->wq, L->wk, L->wv};
-            if (!(L->wqkv = pio_weights_fuse(parts, 3, err)))
+            if (!(L->wqkv = pio_weights_fuse(m, parts, 3, err)))
                 return pio_error_prefix(err, "fusing q|k|v of layer %d", l);
             rep->fused_qkv++;
             rep->copied_bytes += pio_tensor_nbytes(L->wqkv);
         }
         if (gate_up && !L->gate_up) {
             pio_tensor *parts[2] = {L->gate, L->up};
-            if (!(L->gate_up = pio_weights_fuse(parts, 2, err)))
+            if (!(L->gate_up = pio_weights_fuse(m, parts, 2, err)))
                 return pio_error_prefix(err, "fusing gate|up of layer %d", l);
             rep->fused_gate_up++;
             rep->copied_bytes += pio_tensor_nbytes(L->gate_up);

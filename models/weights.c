@@ -130,7 +130,7 @@ static pio_tensor *dry_header(pio_weight_source *ws, int ndim, const int64_t *sh
     return t;
 }
 
-pio_tensor *pio_weights_fuse(pio_tensor *const *parts, int n, pio_error *err) {
+pio_tensor *pio_weights_fuse(pio_model *m, pio_tensor *const *parts, int n, pio_error *err) {
     int64_t rows = 0, cols = parts[0]->shape[1];
     for (int i = 0; i < n; i++) {
         if (parts[i]->ndim != 2 || parts[i]->shape[1] != cols ||
@@ -142,12 +142,25 @@ pio_tensor *pio_weights_fuse(pio_tensor *const *parts, int n, pio_error *err) {
         rows += parts[i]->shape[0];
     }
     int64_t shape[2] = {rows, cols};
-    pio_tensor *fused = pio_tensor_new(parts[0]->dtype, 2, shape, err);
+    bool device = m && m->cuda; /* a model on the GPU fuses there (model_cuda.c) */
+    pio_tensor *fused = device ? pio_model_cuda_tensor(m, parts[0]->dtype, 2, shape, err)
+                               : pio_tensor_new(parts[0]->dtype, 2, shape, err);
     if (!fused) return NULL;
     char *dst = pio_tensor_data(fused);
-    for (int i = 0; i < n; i++) {
-        memcpy(dst, pio_tensor_data(parts[i]), pio_tensor_nbytes(parts[i]));
-        dst += pio_tensor_nbytes(parts[i]);
+    for (int i = 0, row = 0; i < n; i++) {
+        if (device) {
+            pio_tensor rows = *fused;
+            rows.shape[0] = parts[i]->shape[0];
+            rows.offset += (size_t)row * (size_t)cols * pio_dtype_info(fused->dtype)->size;
+            if (pio_model_cuda_copy(m, &rows, parts[i], err) != PIO_OK) {
+                pio_tensor_free(fused);
+                return NULL;
+            }
+        } else {
+            memcpy(dst, pio_tensor_data(parts[i]), pio_tensor_nbytes(parts[i]));
+            dst += pio_tensor_nbytes(parts[i]);
+        }
+        row += (int)parts[i]->shape[0];
     }
     /* Each part becomes a view of its rows of the fused matrix, in place, so
      * that every pointer to it stays valid and its own bytes are released. */
@@ -163,7 +176,8 @@ pio_tensor *pio_weights_fuse(pio_tensor *const *parts, int n, pio_error *err) {
         *parts[i] = *view;
         pio_storage_retain(parts[i]->storage);
         pio_tensor_free(view);
-        pio_storage_release(old);
+        if (device) pio_model_cuda_release(m, old);
+        else pio_storage_release(old);
     }
     return fused;
 }
