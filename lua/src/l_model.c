@@ -507,6 +507,20 @@ static int g_free(lua_State *L) {
     return 0;
 }
 
+pio_model *pio_lua_check_model(lua_State *L, int arg) { return check_model(L, arg); }
+
+pio_model *pio_lua_model_or_null(lua_State *L, int idx) {
+    model_box *box = luaL_testudata(L, idx, MODEL_MT);
+    return box ? box->m : NULL;
+}
+
+pio_generation *pio_lua_take_generation(lua_State *L, int arg) {
+    generation_box *box = luaL_checkudata(L, arg, GENERATION_MT);
+    pio_generation *g = check_generation(L, arg);
+    box->g = NULL;
+    return g;
+}
+
 void pio_lua_open_model(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"logits", m_logits}, {"info", m_info}, {"start", m_start}, {"free", m_free},

@@ -92,5 +92,6 @@ int luaopen_pio_core(lua_State *L) {
     pio_lua_open_safetensors(L);
     pio_lua_open_strategy(L);
     pio_lua_open_plugin(L);
+    pio_lua_open_scheduler(L);
     return 1;
 }

@@ -21,6 +21,7 @@ void pio_lua_open_model(lua_State *L);
 void pio_lua_open_safetensors(lua_State *L);
 void pio_lua_open_strategy(lua_State *L);
 void pio_lua_open_plugin(lua_State *L);
+void pio_lua_open_scheduler(lua_State *L);
 
 /* A tokenizer userdata borrowing tok; the value at index owner is kept alive. */
 struct pio_tokenizer;
@@ -34,6 +35,16 @@ int pio_lua_fail(lua_State *L, const pio_error *err);
 /* Tensors: pushes a new pio.Tensor userdata taking ownership of t. */
 void pio_lua_push_tensor(lua_State *L, pio_tensor *t);
 pio_tensor *pio_lua_check_tensor(lua_State *L, int arg);
+
+/* Models and generations for other bindings (l_scheduler.c). check_model
+ * raises when the model was freed; model_or_null returns NULL then (for
+ * finalizers). take_generation takes a pio.Generation's generation over,
+ * leaving the userdata freed. */
+struct pio_model;
+struct pio_generation;
+struct pio_model *pio_lua_check_model(lua_State *L, int arg);
+struct pio_model *pio_lua_model_or_null(lua_State *L, int idx);
+struct pio_generation *pio_lua_take_generation(lua_State *L, int arg);
 
 /* Reads a Lua array of 0-based token ids; the result is lua_newuserdatauv-owned
  * scratch left on the stack (freed by the GC); *n gets the count. */

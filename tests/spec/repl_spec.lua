@@ -92,7 +92,7 @@ describe("completion #qwen3", function()
     local env = { pio = pio, print = print, m = assert(pio.load(tiny)) }
     assert.same({ "pio.strategies", "pio.strategy" }, repl.complete("pio.strat", env))
     assert.same({ "pio.strategy.kv.paged", "pio.strategy.kv.prefix" }, repl.complete("pio.strategy.kv.p", env))
-    assert.same({ "m:generate" }, repl.complete("m:gen", env))
+    assert.same({ "m:generate", "m:generate_batch" }, repl.complete("m:gen", env))
     assert.same({ "pio", "print" }, repl.complete("p", env))
     assert.same({ "m:info" }, repl.complete("m:inf", env))
     assert.same({}, repl.complete("nothing.here", env))
