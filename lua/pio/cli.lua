@@ -202,11 +202,12 @@ Statistics go to stderr: [N tokens, R tok/s, prompt P tokens in S s].
 -- ---- bench ---------------------------------------------------------------------------
 
 M.commands.bench = {
-  synopsis = "bench SUITE.lua [--json FILE] [--reps N]",
+  synopsis = "bench SUITE.lua [--json FILE] [--reps N] [--quick]",
   summary = "run a benchmark suite (llama-bench style rows: pp512, tg128, ...)",
   help = [[
   --json FILE          write every row, the machine and the git revision as JSON
   -r, --reps N         repetitions per test after a warm-up (default: the suite's, else 5)
+  --quick              a shorter run, for suites that measure on their own (bench/serving.lua)
   -h, --help           print this help
 A suite is a Lua script returning { models = {...}, tests = {...} }; see bench/*.lua.
 Forward passes alone are timed: no tokenizing, no sampling.
