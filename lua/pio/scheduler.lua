@@ -51,7 +51,8 @@ function M.new(model, opts)
     core = c, model = model,
     live = {},                                -- id → handle, until done (callbacks need them)
     handles = setmetatable({}, { __mode = "v" }), -- id → handle, while the caller keeps it
-    order = setmetatable({}, { __mode = "v" }),   -- handles in submission order
+    order = setmetatable({}, { __mode = "v" }),   -- handles in submission order (with holes)
+    submitted = 0,
   }, Scheduler)
 end
 
@@ -90,7 +91,8 @@ function Scheduler:submit(prompt, opts)
   local h = setmetatable({ id = id, scheduler = self, on_token = opts.on_token,
                            on_done = opts.on_done }, Handle)
   self.live[id], self.handles[id] = h, h
-  self.order[#self.order + 1] = h
+  self.submitted = self.submitted + 1
+  self.order[self.submitted] = h
   return h
 end
 
@@ -128,16 +130,18 @@ end
 function Scheduler:stats()
   local st = self.core:stats()
   st.handles = {}
-  for _, h in ipairs(self.order) do
-    local info = self.core:seq(h.id)
-    local first, done = info.first_token, info.finished
-    local n = #info.tokens
-    st.handles[#st.handles + 1] = {
-      id = h.id, status = info.status, tokens = n, preemptions = info.preemptions,
-      reused_tokens = info.reused_tokens,
-      ttft = first > 0 and first - info.submitted or nil,
-      tpot = (done > 0 and n > 1) and (done - first) / (n - 1) or nil,
-    }
+  for i = 1, self.submitted do
+    local h = self.order[i] -- nil once the caller let go of it
+    local info = h and self.core:seq(h.id)
+    if info then
+      local first, done, n = info.first_token, info.finished, #info.tokens
+      st.handles[#st.handles + 1] = {
+        id = h.id, status = info.status, tokens = n, preemptions = info.preemptions,
+        reused_tokens = info.reused_tokens,
+        ttft = first > 0 and first - info.submitted or nil,
+        tpot = (done > 0 and n > 1) and (done - first) / (n - 1) or nil,
+      }
+    end
   end
   return st
 end
