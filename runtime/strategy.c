@@ -100,6 +100,17 @@ static bool tensor_parallel_supports(const pio_strategy_def *d, const double *p,
     return true;
 }
 
+/* The paged cache, int8 KV and windowed attention (models/kv.c) run on the CPU. */
+static bool cpu_kv_supports(const pio_strategy_def *d, const double *p,
+                            const pio_strategy_context *c, char *why, size_t len) {
+    if (c->device && !on_cpu(c)) {
+        snprintf(why, len, "%s.%s runs on the CPU only for now (the model is on '%s')",
+                 family_names[d->family], d->name, c->device);
+        return false;
+    }
+    return true;
+}
+
 /* ---- the table ------------------------------------------------------------------ */
 
 #define INT_PARAM(n, d, lo, hi, opt, doc) {n, true, d, lo, hi, opt, doc}
@@ -113,12 +124,13 @@ static const pio_strategy_def table[] = {
      "softmax on the CPU)", .applies = PIO_APPLIES_NOWHERE},
     {PIO_STRATEGY_ATTENTION, "sliding", "attention over the last `window` positions only",
      {INT_PARAM("window", 4096, 1, BIG, NULL, "positions each token attends to")}, 1,
-     .not_yet = "sliding-window attention is not implemented yet"},
+     .supports = cpu_kv_supports},
     {PIO_STRATEGY_ATTENTION, "sink",
-     "the first `sink` positions plus the last `window`, for unbounded generation",
+     "the first `sink` positions plus the last `window`, for unbounded generation (with the "
+     "paged cache, positions run past ctx; RoPE positions keep growing)",
      {INT_PARAM("sink", 4, 0, BIG, NULL, "attention-sink positions kept from the start"),
       INT_PARAM("window", 1024, 1, BIG, NULL, "most recent positions kept")}, 2,
-     .not_yet = "sink + window attention is not implemented yet"},
+     .supports = cpu_kv_supports},
 
     /* kv */
     {PIO_STRATEGY_KV, "contiguous",
@@ -126,11 +138,12 @@ static const pio_strategy_def table[] = {
      "in the reference mode)", .applies = PIO_APPLIES_NOWHERE},
     {PIO_STRATEGY_KV, "paged", "fixed-size blocks from one pool, a block table per sequence",
      {INT_PARAM("block", 16, 1, 4096, NULL, "tokens per block")}, 1,
-     .not_yet = "the paged KV cache is not implemented yet"},
-    {PIO_STRATEGY_KV, "prefix", "reuse the KV blocks of a cached prompt prefix",
-     .not_yet = "prefix caching needs the paged KV cache, which is not implemented yet"},
+     .supports = cpu_kv_supports},
+    {PIO_STRATEGY_KV, "prefix",
+     "reuse the KV blocks of a cached prompt prefix (on the paged cache: implies kv.paged)",
+     .supports = cpu_kv_supports},
     {PIO_STRATEGY_KV, "int8", "int8 keys and values with a scale per token and head",
-     .not_yet = "int8 KV-cache compression is not implemented yet"},
+     .supports = cpu_kv_supports},
     {PIO_STRATEGY_KV, "fp8", "fp8 (e4m3) keys and values, on the GPU",
      .not_yet = "fp8 KV-cache compression is not implemented yet", .supports = fp8_supports},
 

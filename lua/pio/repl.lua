@@ -67,6 +67,14 @@ M.docs = {
   ["pio.Model:bench_forward"] = "m:bench_forward(n_tokens, n_past, n_batch) → seconds of forward passes (benchmarks)",
   ["pio.Model:decode_bytes"] = "m:decode_bytes() → weight bytes one decode step reads",
   ["pio.Model:save"] = "m:save(path) → true | nil, message: every weight into one safetensors file",
+  ["pio.Model:kv_configure"] = "m:kv_configure{ layout =, block =, blocks =, bytes =, format =, prefix =,\n"
+    .. "attention =, window =, sink = }: reallocates the KV cache (what kv/attention strategies set)",
+  ["pio.Model:kv_stats"] = "m:kv_stats() → layout, format, attention, block_size, blocks_total/used/cached/free,\n"
+    .. "bytes_per_block, bytes, prefix_hits, prefix_misses, tokens_reused, evictions",
+  ["pio.Model:seq_free"] = "m:seq_free(seq): empties a KV slot (0-based); its cached prefix blocks stay",
+  ["pio.Model:save_sequence"] = "m:save_sequence(seq, path) → true | nil, message: the slot's tokens and KV",
+  ["pio.Model:load_sequence"] = "m:load_sequence(seq, path) → positions | nil, message (another model or\n"
+    .. "KV format is refused)",
   ["pio.Tensor"] = "pio.Tensor: dtype f32/f16/bf16, up to 4 dims, 1-based dims in Lua; + - * / work.",
   ["pio.Tensor:shape"] = "t:shape() → { dims }",
   ["pio.Tensor:dtype"] = "t:dtype() → 'f32' | 'f16' | 'bf16'",

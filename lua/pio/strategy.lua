@@ -137,7 +137,7 @@ end
 -- select's `prefer`, or change this table for the whole Lua state.
 M.policy = {
   attention = { { "full" } },
-  kv = { { "paged", { block = 16 } }, { "contiguous" } },
+  kv = { { "contiguous" }, { "paged", { block = 16 } } }, -- paged when preferred
   precision = function(_, dev)
     -- bf16 halves the bytes every decode step reads; f32 is the reference mode.
     if dev.device == "cuda" then return { { "bf16" } } end
@@ -275,6 +275,39 @@ local function implicit(info)
   }
 end
 
+-- Whether strategy s replaces an earlier one, old, of its family: sampling
+-- steps compose; kv.paged, kv.prefix and kv.int8 compose (a paged int8 cache
+-- with prefix caching), kv.contiguous replaces the paged ones; other
+-- families hold one strategy.
+local function replaces(old, s)
+  if s.family == "sampling" then return false end
+  if s.family ~= "kv" then return true end
+  local layout = { contiguous = true, paged = true, prefix = true }
+  return s.name == "contiguous" and layout[old.name] or old.name == "contiguous" and layout[s.name]
+end
+
+-- The KV configuration (model:kv_configure) the kv and attention strategies in `list` ask for.
+local function kv_config(list)
+  local c = { layout = "contiguous", format = "model", attention = "full" }
+  for _, s in ipairs(list) do
+    if s.id == "kv.paged" then c.layout, c.block = "paged", s.params.block
+    elseif s.id == "kv.prefix" then c.layout, c.prefix = "paged", true
+    elseif s.id == "kv.int8" then c.format = "int8"
+    elseif s.id == "attention.sliding" then c.attention, c.window = "sliding", s.params.window
+    elseif s.id == "attention.sink" then
+      c.attention, c.window, c.sink = "sink", s.params.window, s.params.sink
+    end
+  end
+  return c
+end
+
+local function same_config(a, b)
+  for _, k in ipairs { "layout", "block", "prefix", "format", "attention", "window", "sink" } do
+    if a[k] ~= b[k] then return false end
+  end
+  return true
+end
+
 --- model:use(s, ...) takes strategies (or a plan from pio.strategy.select, or
 -- a list): each must be supported for this model and device, else it raises
 -- with the reason. Sampling strategies become the model's generation
@@ -306,17 +339,26 @@ function Model.use(model, ...)
       error(string.format("model:use: %s is not supported here: %s", s.description, why), 2)
     end
   end
-  local mine = used[model] or {}
+  local mine = {}
+  for i, s in ipairs(used[model] or {}) do mine[i] = s end
   for _, s in ipairs(list) do
     if s.id == "parallel.threads" and s.params.n == 0 then -- "all CPUs": say how many
       s = core.strategy("parallel", "threads", { n = info.threads })
     end
     for i = #mine, 1, -1 do
-      if mine[i].family == s.family and (mine[i].name == s.name or s.family ~= "sampling") then
+      if mine[i].family == s.family and (mine[i].name == s.name or replaces(mine[i], s)) then
         table.remove(mine, i)
       end
     end
     mine[#mine + 1] = s
+  end
+  -- The KV cache is reallocated (models/kv.c) when its strategies change.
+  local cfg, old = kv_config(mine), kv_config(used[model] or {})
+  if not same_config(cfg, old) then
+    -- what the cache holds goes: generations do not outlive a change of cache
+    for seq = 0, info.max_seqs - 1 do model:seq_free(seq) end
+    local ok, why = model:kv_configure(cfg)
+    if not ok then error("model:use: " .. tostring(why), 2) end
   end
   used[model] = mine
   return model
@@ -350,6 +392,9 @@ function Model.info(model)
   local names = {}
   for _, s in ipairs(in_effect(model, info)) do names[#names + 1] = s.description end
   info.strategies = names
+  local kv = model:kv_stats()
+  info.kv = { layout = kv.layout, format = kv.format, attention = kv.attention,
+              block_size = kv.block_size, blocks = kv.blocks_total, bytes = kv.bytes }
   return info
 end
 

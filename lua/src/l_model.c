@@ -302,6 +302,96 @@ static int m_save(lua_State *L) {
     return 1;
 }
 
+/* ---- the KV cache (pio/kv.h) --------------------------------------------------- */
+
+/* model:kv_configure{layout=, block=, blocks=, bytes=, format=, prefix=, attention=,
+ * window=, sink=}: what lua/pio/strategy.lua's kv and attention strategies set. */
+static int m_kv_configure(lua_State *L) {
+    pio_model *m = check_model(L, 1);
+    static const char *const known[] = {"layout", "block", "blocks", "bytes", "format", "prefix",
+                                        "attention", "window", "sink", NULL};
+    luaL_checktype(L, 2, LUA_TTABLE);
+    check_keys(L, 2, "model:kv_configure", known);
+    static const char *const layouts[] = {"contiguous", "paged", NULL};
+    static const char *const formats[] = {"model", "int8", NULL};
+    static const char *const attns[] = {"full", "sliding", "sink", NULL};
+    const char *layout = opt_str(L, 2, "layout", "contiguous");
+    const char *format = opt_str(L, 2, "format", "model");
+    const char *attn = opt_str(L, 2, "attention", "full");
+    int li = -1, fi = -1, ai = -1;
+    for (int i = 0; layouts[i]; i++) li = strcmp(layout, layouts[i]) ? li : i;
+    for (int i = 0; formats[i]; i++) fi = strcmp(format, formats[i]) ? fi : i;
+    for (int i = 0; attns[i]; i++) ai = strcmp(attn, attns[i]) ? ai : i;
+    if (li < 0) return luaL_error(L, "model:kv_configure: unknown layout '%s' (known: contiguous, paged)", layout);
+    if (fi < 0) return luaL_error(L, "model:kv_configure: unknown format '%s' (known: model, int8)", format);
+    if (ai < 0) return luaL_error(L, "model:kv_configure: unknown attention '%s' (known: full, sliding, sink)", attn);
+    lua_Integer block = opt_int(L, 2, "block", 0), blocks = opt_int(L, 2, "blocks", 0);
+    lua_Integer bytes = opt_int(L, 2, "bytes", 0), window = opt_int(L, 2, "window", 0);
+    lua_Integer sink = opt_int(L, 2, "sink", 0);
+    if (block < 0 || block > INT32_MAX || blocks < 0 || blocks > INT32_MAX || bytes < 0 ||
+        window < 0 || window > INT32_MAX || sink < 0 || sink > INT32_MAX)
+        return luaL_error(L, "model:kv_configure: block, blocks, bytes, window and sink must be "
+                          ">= 0 (block %d, blocks %d, window %d, sink %d)", (int)block,
+                          (int)blocks, (int)window, (int)sink);
+    pio_kv_config c = {.layout = (pio_kv_layout)li, .block_size = (int32_t)block,
+                       .n_blocks = (int32_t)blocks, .max_bytes = (size_t)bytes,
+                       .format = (pio_kv_format)fi, .prefix_cache = opt_bool(L, 2, "prefix", false),
+                       .attention = (pio_kv_attention)ai, .window = (int32_t)window,
+                       .sink = (int32_t)sink};
+    pio_error err;
+    if (pio_model_kv_configure(m, &c, &err)) return pio_lua_fail(L, &err);
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* model:kv_stats() → {layout=, format=, attention=, window=, sink=, block_size=, blocks_total=,
+ * blocks_used=, blocks_cached=, blocks_free=, bytes_per_block=, bytes=, prefix_hits=,
+ * prefix_misses=, tokens_reused=, evictions=} */
+static int m_kv_stats(lua_State *L) {
+    pio_kv_stats s;
+    pio_model_kv_stats(check_model(L, 1), &s);
+    lua_createtable(L, 0, 16);
+    lua_pushstring(L, s.layout), lua_setfield(L, -2, "layout");
+    lua_pushstring(L, s.format), lua_setfield(L, -2, "format");
+    lua_pushstring(L, s.attention), lua_setfield(L, -2, "attention");
+#define KV_INT(name, v) (lua_pushinteger(L, (lua_Integer)(v)), lua_setfield(L, -2, name))
+    KV_INT("window", s.window), KV_INT("sink", s.sink), KV_INT("block_size", s.block_size);
+    KV_INT("blocks_total", s.blocks_total), KV_INT("blocks_used", s.blocks_used);
+    KV_INT("blocks_cached", s.blocks_cached), KV_INT("blocks_free", s.blocks_free);
+    KV_INT("bytes_per_block", s.bytes_per_block), KV_INT("bytes", s.bytes_total);
+    KV_INT("prefix_hits", s.prefix_hits), KV_INT("prefix_misses", s.prefix_misses);
+    KV_INT("tokens_reused", s.tokens_reused), KV_INT("evictions", s.evictions);
+#undef KV_INT
+    return 1;
+}
+
+/* model:seq_free(seq): empties a slot (0-based, as pio_batch). */
+static int m_seq_free(lua_State *L) {
+    pio_model_seq_free(check_model(L, 1), (int32_t)luaL_checkinteger(L, 2));
+    return 0;
+}
+
+/* model:save_sequence(seq, path), model:load_sequence(seq, path): checkpoints. */
+static int m_save_sequence(lua_State *L) {
+    pio_model *m = check_model(L, 1);
+    int32_t seq = (int32_t)luaL_checkinteger(L, 2);
+    const char *path = luaL_checkstring(L, 3);
+    pio_error err;
+    if (pio_model_seq_save(m, seq, path, &err)) return pio_lua_fail(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int m_load_sequence(lua_State *L) {
+    pio_model *m = check_model(L, 1);
+    int32_t seq = (int32_t)luaL_checkinteger(L, 2);
+    const char *path = luaL_checkstring(L, 3);
+    pio_error err;
+    if (pio_model_seq_load(m, seq, path, &err)) return pio_lua_fail(L, &err);
+    lua_pushinteger(L, pio_model_seq_length(m, seq));
+    return 1;
+}
+
 /* pio.read_bandwidth{threads=, mib=, reps=} → bytes per second. */
 static int l_read_bandwidth(lua_State *L) {
     static const char *const known[] = {"threads", "mib", "reps", NULL};
@@ -526,6 +616,8 @@ void pio_lua_open_model(lua_State *L) {
         {"logits", m_logits}, {"info", m_info}, {"start", m_start}, {"free", m_free},
         {"surgery", m_surgery},
         {"bench_forward", m_bench_forward}, {"decode_bytes", m_decode_bytes}, {"save", m_save},
+        {"kv_configure", m_kv_configure}, {"kv_stats", m_kv_stats}, {"seq_free", m_seq_free},
+        {"save_sequence", m_save_sequence}, {"load_sequence", m_load_sequence},
         {NULL, NULL},
     };
     static const luaL_Reg meta[] = {

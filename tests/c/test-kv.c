@@ -446,6 +446,57 @@ static void test_bad_config(void) {
     pio_model_free(m);
 }
 
+/* A checkpoint restores exactly: greedy continuation equals never having
+ * saved; files from another model or KV format are refused naming why. */
+static void test_checkpoint(void) {
+    enum { N = 30 };
+    int32_t ids[N + 8];
+    make_ids(ids, N + 8, 10);
+    char path[] = "/tmp/pio-kv-test-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd >= 0) close(fd);
+    for (int f = 0; f < 2; f++) {
+        pio_kv_config c = f ? paged16 : (pio_kv_config){0};
+        pio_model *a = load(fixtures[1], PIO_F32, 2, &c), *b = load(fixtures[1], PIO_F32, 2, &c);
+        if (!a || !b) return;
+        size_t V = (size_t)n_vocab(a);
+        free(run(a, ids, 0, N, N, 1));
+        pio_error err;
+        CHECK_MSG(pio_model_seq_save(a, 1, path, &err) == PIO_OK, "%s", err.msg);
+        CHECK_MSG(pio_model_seq_load(b, 0, path, &err) == PIO_OK, "%s", err.msg);
+        CHECK(pio_model_seq_length(b, 0) == N);
+        int32_t n;
+        const int32_t *t = pio_model_seq_tokens(b, 0, &n);
+        CHECK(n == N && t && !memcmp(t, ids, sizeof(int32_t) * N));
+        float *x = run(a, ids, N, N + 8, 1, 1), *y = run(b, ids, N, N + 8, 1, 0);
+        CHECK(!memcmp(x + N * V, y + N * V, sizeof(float) * 8 * V));
+        free(x), free(y);
+        pio_model_free(a), pio_model_free(b);
+    }
+    pio_error err;
+    pio_kv_config c8 = {.layout = PIO_KV_PAGED, .format = PIO_KV_INT8};
+    pio_model *i8 = load(fixtures[1], PIO_F32, 1, &c8), *other = load(fixtures[2], PIO_F32, 1, NULL);
+    pio_model *bf = load(fixtures[1], PIO_BF16, 1, NULL);
+    if (i8) {
+        CHECK(pio_model_seq_load(i8, 0, path, &err) == PIO_ERR_FORMAT);
+        CHECK_ERR(err, "holds f32 KV, this model's cache is int8");
+        CHECK(pio_model_seq_length(i8, 0) == 0);
+    }
+    if (other) {
+        CHECK(pio_model_seq_load(other, 0, path, &err) == PIO_ERR_FORMAT);
+        CHECK_ERR(err, "with 3 layers, 2 kv heads of 32; this one has 2 layers, 2 kv heads of 16");
+    }
+    if (bf) {
+        CHECK(pio_model_seq_load(bf, 0, path, &err) == PIO_ERR_FORMAT);
+        CHECK_ERR(err, "holds f32 KV, this model's cache is bf16");
+        CHECK(pio_model_seq_save(bf, 0, path, &err) == PIO_ERR_INVALID);
+        CHECK_ERR(err, "sequence 0 is empty");
+    }
+    CHECK(pio_model_seq_load(bf, 0, "/nonexistent/x", &err) == PIO_ERR_IO);
+    pio_model_free(i8), pio_model_free(other), pio_model_free(bf);
+    unlink(path);
+}
+
 int main(void) {
     verbose = getenv("PIO_VERBOSE") && atoi(getenv("PIO_VERBOSE")) > 0;
     test_paged_identical();
@@ -457,5 +508,6 @@ int main(void) {
     test_windows_kernel();
     test_sink_unbounded();
     test_bad_config();
+    test_checkpoint();
     TEST_MAIN_END();
 }

@@ -97,7 +97,7 @@ describe("pio.plugins", function()
     local has = {}
     for _, id in ipairs(md.strategies) do has[id] = true end
     assert.is_true(has["attention.full"] and has["precision.bf16"] and has["sampling.top_k"])
-    assert.is_nil(has["kv.paged"]) -- not honoured yet, so not offered
+    assert.is_nil(has["kv.fp8"]) -- not honoured on the CPU, so not offered
     assert.is_nil(has["offload.layers"])
   end)
 

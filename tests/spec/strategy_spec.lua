@@ -94,12 +94,7 @@ describe("Strategy:supports #qwen3", function()
       assert.is_false(ok, tostring(s))
       assert.equal(reason, why)
     end
-    no(S.kv.paged(), m, "cpu", "the paged KV cache is not implemented yet")
-    no(S.kv.prefix(), m, "cpu", "prefix caching needs the paged KV cache, which is not implemented yet")
-    no(S.kv.int8(), m, "cpu", "int8 KV-cache compression is not implemented yet")
     no(S.kv.fp8(), m, "cpu", "fp8 (e4m3) KV is a GPU format; the CPU has no fp8 arithmetic")
-    no(S.attention.sliding { window = 64 }, m, "cpu", "sliding-window attention is not implemented yet")
-    no(S.attention.sink(), m, "cpu", "sink + window attention is not implemented yet")
     no(S.precision.bf16(), m, "cpu",
       "the model is loaded in f32; precision is chosen when loading (dtype = \"bf16\")")
     no(S.parallel.threads(3), m, "cpu",
@@ -139,20 +134,19 @@ describe("pio.strategy.select #qwen3", function()
     assert.equal(S.parallel.threads(0), plan.parallel)
     assert.is_nil(plan.sampling)
     assert.is_nil(plan.offload)
-    assert.same({ { strategy = "kv.paged{block=16}", reason = "the paged KV cache is not implemented yet" } },
-      plan.skipped)
+    assert.same({}, plan.skipped)
     assert.same({ dtype = "bf16", threads = 0 }, plan.load_options)
     assert.matches("^pio.strategy plan: attention.full, kv.contiguous, precision.bf16, parallel.threads{n=0}", tostring(plan))
   end)
 
   it("is overridden per call with prefer, falling back when a preference is unsupported", function()
-    local plan = S.select(tiny, "cpu", { prefer = { precision = "f32", kv = "int8",
+    local plan = S.select(tiny, "cpu", { prefer = { precision = "f32", kv = "fp8",
                                                       sampling = S.sampling.top_k(7) } })
     assert.equal(S.precision.f32(), plan.precision)
     assert.equal(S.kv.contiguous(), plan.kv)
     assert.equal(S.sampling.top_k(7), plan.sampling)
     assert.same({ top_k = 7 }, plan.generate_options)
-    assert.equal("kv.int8", plan.skipped[1].strategy)
+    assert.equal("kv.fp8", plan.skipped[1].strategy)
     local list = S.select(tiny, "cpu", { prefer = { S.precision.f32() } })
     assert.equal(S.precision.f32(), list.precision)
   end)
@@ -208,8 +202,8 @@ describe("model:use #qwen3", function()
   end)
 
   it("refuses a strategy the runtime cannot honour, with the reason", function()
-    assert.has_error(function() m:use(S.kv.paged { block = 16 }) end,
-      "model:use: kv.paged{block=16} is not supported here: the paged KV cache is not implemented yet")
+    assert.has_error(function() m:use(S.kv.fp8()) end,
+      "model:use: kv.fp8 is not supported here: fp8 (e4m3) KV is a GPU format; the CPU has no fp8 arithmetic")
     assert.has_error(function() m:use(S.precision.bf16()) end,
       "model:use: precision.bf16 is not supported here: the model is loaded in f32; precision is chosen when loading (dtype = \"bf16\")")
     assert.has_error(function() m:use("kv.paged") end,
