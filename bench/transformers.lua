@@ -38,18 +38,8 @@ function M.run(dir, ctx)
   end
   local ok, out = run_capture(string.format("%s %s %s %d %s 2>&1", quote(python()),
     quote(here .. "/peers/transformers_bench.py"), quote(dir), ctx.reps, table.concat(args, " ")))
-  local results = {}
-  for line in out:gmatch("[^\n]+") do
-    local build = line:match('^{"build": "(.*)"}$')
-    if build then build_text = build end
-    local name, list = line:match('^{"test": "(.-)", "samples": %[(.-)%]}$')
-    if name then
-      local samples = {}
-      for v in list:gmatch("[^,%s]+") do samples[#samples + 1] = tonumber(v) end
-      local mean, sd = require("pio.bench").stats(samples)
-      results[name] = { mean = mean, sd = sd, samples = samples }
-    end
-  end
+  local results, build = require("pio.bench").parse_peer_output(out)
+  build_text = build or build_text
   if not ok and next(results) == nil then return nil, "transformers_bench.py failed: " .. out:sub(-2000) end
   return results
 end

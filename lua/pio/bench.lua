@@ -96,6 +96,25 @@ function M.measure(model, spec, reps, opts)
   return { mean = mean, sd = sd, samples = samples }
 end
 
+--- What a peer's benchmark script printed: one JSON line per test,
+-- {"test": NAME, "samples": [t/s, ...]}, and optionally {"build": TEXT}.
+-- Returns { [NAME] = { mean =, sd =, samples = } } and the build text.
+function M.parse_peer_output(out)
+  local results, build
+  results = {}
+  for line in out:gmatch("[^\n]+") do
+    build = line:match('^{"build": "(.*)"}$') or build
+    local name, list = line:match('^{"test": "(.-)", "samples": %[(.-)%]}$')
+    if name then
+      local samples = {}
+      for v in list:gmatch("[^,%s]+") do samples[#samples + 1] = tonumber(v) end
+      local mean, sd = M.stats(samples)
+      results[name] = { mean = mean, sd = sd, samples = samples }
+    end
+  end
+  return results, build
+end
+
 -- ---- the machine ----------------------------------------------------------------------
 
 local function read_file(path)

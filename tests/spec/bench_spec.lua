@@ -66,6 +66,23 @@ describe("pio.bench", function()
     assert.same({ 7, 0 }, { bench.stats({ 7 }) })
   end)
 
+  it("parse_peer_output reads a peer script's JSON lines and ignores the rest", function()
+    local results, build = bench.parse_peer_output(table.concat({
+      'warming up...',
+      '{"build": "transformers 5.17.0, torch 2.11.0"}',
+      '{"test": "tg128", "samples": [10.0, 14.0]}',
+      '{"test": "pp512", "samples": [100]}',
+    }, "\n"))
+    assert.equal("transformers 5.17.0, torch 2.11.0", build)
+    assert.same({ 10.0, 14.0 }, results.tg128.samples)
+    assert.near(12.0, results.tg128.mean, 1e-12)
+    assert.near(math.sqrt(8), results.tg128.sd, 1e-12)
+    assert.equal(100, results.pp512.mean)
+    assert.is_nil(results["warming up..."])
+    local none = bench.parse_peer_output("Traceback: no GPU")
+    assert.is_nil(next(none))
+  end)
+
   it("json encodes nested tables, arrays and odd strings", function()
     local text = bench.json({ b = { 1, 2.5, "x\"y\n" }, a = true, e = setmetatable({}, bench.array) })
     assert.same({ a = true, b = { 1, 2.5, "x\"y\n" }, e = {} }, cjson.decode(text))
