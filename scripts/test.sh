@@ -8,6 +8,11 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 "$root/scripts/install-deps.sh" || exit 1
 
+# Models load on the CPU unless a spec names a device: on a machine with a GPU,
+# "auto" would otherwise move the CPU suite there (tests/spec/cuda_spec.lua and
+# scripts/gpu-check.sh test the GPU).
+export PIO_DEVICE="${PIO_DEVICE:-cpu}"
+
 passed=0
 failed=0
 log="$(mktemp -d)"

@@ -130,7 +130,11 @@ static void read_load_opts(lua_State *L, int arg, const char *what, pio_load_opt
     const char *dtype = opt_str(L, arg, "dtype", "bf16");
     if (!pio_dtype_from_name(dtype, &opts->dtype) || opts->dtype == PIO_F16)
         luaL_error(L, "%s: dtype must be 'f32' or 'bf16', got '%s'", what, dtype);
-    opts->device = check_device(L, opt_str(L, arg, "device", "auto"), what);
+    /* No device named: PIO_DEVICE if set (scripts/test.sh pins "cpu" so that the CPU
+     * suite means the same on a machine with a GPU), else "auto". */
+    const char *env_device = getenv("PIO_DEVICE");
+    const char *def_device = env_device && env_device[0] ? env_device : "auto";
+    opts->device = check_device(L, opt_str(L, arg, "device", def_device), what);
     opts->threads = (int)opt_int(L, arg, "threads", 0);
     opts->ctx = (int32_t)opt_int(L, arg, "ctx", 0);
     opts->max_seqs = (int32_t)opt_int(L, arg, "max_seqs", 0);

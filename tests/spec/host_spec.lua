@@ -53,6 +53,19 @@ local function temp_script(text)
 end
 
 describe("pio host", function()
+  it("takes the default device from PIO_DEVICE when pio.load names none", function()
+    local function load_with(device)
+      local p = io.popen("PIO_DEVICE=" .. device .. " " .. shell_quote(PIO)
+        .. " -e 'local ok, m = pcall(require(\"pio\").load, \"tests/fixtures/qwen3-gqa2\"); "
+        .. "print(ok and m and m:info().device or tostring(m))' 2>&1")
+      local out = p:read("a")
+      p:close()
+      return out
+    end
+    assert.equal("cpu\n", load_with("cpu"))
+    assert.matches("device must be 'cpu', 'cuda' or 'auto', got 'tpu'", load_with("tpu"))
+  end)
+
   it("exists (build it with cmake first)", function()
     assert.is_true(os.execute("test -x " .. shell_quote(PIO)) == true, PIO .. " is not built")
   end)
