@@ -266,6 +266,14 @@ static pio_status build(pio_model *m, const pio_kv_config *cfg, pio_kv *kv, pio_
 }
 
 pio_status pio_kv_init(pio_model *m, const pio_kv_config *cfg, pio_error *err) {
+    if (m->device != PIO_DEVICE_CPU && m->hp.sliding_window > 0)
+        for (int l = 0; l < m->hp.n_layer; l++)
+            if (m->hp.sliding_layer[l])
+                return pio_error_set(err, PIO_ERR_UNSUPPORTED,
+                                     "config.json asks for sliding-window attention (window %d, "
+                                     "layer %d): it runs on the CPU only for now (the model is "
+                                     "on '%s')", m->hp.sliding_window, l,
+                                     pio_device_name(m->device));
     pio_kv *kv = calloc(1, sizeof *kv);
     if (!kv) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
     pio_status st = build(m, cfg, kv, err);
@@ -334,6 +342,7 @@ void pio_kv_remove_layers(pio_model *m, const int32_t *layers, size_t n) {
             continue;
         }
         if (m->cache_k) m->cache_k[kept] = m->cache_k[l], m->cache_v[kept] = m->cache_v[l];
+        m->hp.sliding_layer[kept] = m->hp.sliding_layer[l];
         kv->pools[kept++] = kv->pools[l];
     }
     int32_t before = m->hp.n_layer;
@@ -732,14 +741,28 @@ void pio_kv_trim(pio_model *m, const pio_batch *b) {
     }
 }
 
+int32_t pio_model_layer_window(const pio_model *m, int32_t layer) {
+    if (layer < 0 || layer >= m->hp.n_layer) return -1;
+    if (m->kv->cfg.attention != PIO_ATTN_FULL) return m->kv->cfg.window; /* the strategy's */
+    return m->hp.sliding_layer[layer] ? m->hp.sliding_window : 0;
+}
+
+int32_t pio_model_config_window(const pio_model *m) { return m->hp.sliding_window; }
+
+bool pio_kv_via_view(const pio_model *m, int layer) {
+    return m->kv->custom || pio_model_layer_window(m, layer) > 0;
+}
+
 pio_status pio_kv_attend(pio_model *m, int layer, const pio_batch *b, const pio_tensor *q3,
                          const pio_tensor *k3, const pio_tensor *v3, float scale, pio_tensor *a3,
                          pio_error *err) {
     pio_kv *kv = m->kv;
     for (int32_t s = 0; paged(m) && s < m->max_seqs; s++)
         kv->tables[s] = (pio_kv_table){kv->seqs[s].table, kv->seqs[s].n_table};
+    /* The window: the strategy's for every layer, else config.json's for this one. */
     pio_kv_view view = {.pool = kv->pools[layer], .tables = paged(m) ? kv->tables : NULL,
-                        .slots = m->max_seqs, .window = kv->cfg.window, .sink = kv->cfg.sink};
+                        .slots = m->max_seqs, .window = pio_model_layer_window(m, layer),
+                        .sink = kv->cfg.attention == PIO_ATTN_SINK ? kv->cfg.sink : 0};
     pio_status st = pio_cpu_kv_write_paged(k3, v3, &view, b->seq, b->pos, err);
     if (st) return st;
     return pio_cpu_attention_paged(m->pool, q3, &view, b->seq, b->pos, scale, a3, m->round_bf16,

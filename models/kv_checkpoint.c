@@ -46,6 +46,10 @@ static uint64_t model_hash(const pio_model *m) {
     XXH3_64bits_update(s, hp->architecture, strlen(hp->architecture));
     XXH3_64bits_update(s, ints, sizeof ints);
     XXH3_64bits_update(s, reals, sizeof reals);
+    if (hp->sliding_window > 0) { /* windows change every layer's input past the first */
+        XXH3_64bits_update(s, &hp->sliding_window, sizeof hp->sliding_window);
+        XXH3_64bits_update(s, hp->sliding_layer, (size_t)hp->n_layer);
+    }
     for (size_t i = 0; i < m->n_weights; i++) {
         const pio_tensor *t = m->weights[i].t;
         XXH3_64bits_update(s, m->weights[i].name, strlen(m->weights[i].name) + 1);

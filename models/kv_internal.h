@@ -75,6 +75,10 @@ pio_status pio_kv_attend(struct pio_model *m, int layer, const struct pio_batch 
                          const pio_tensor *q3, const pio_tensor *k3, const pio_tensor *v3,
                          float scale, pio_tensor *a3, pio_error *err);
 
+/* Whether layer's attention goes through pio_kv_attend: a custom cache, or a
+ * window (the strategy's, or config.json's sliding layers). */
+bool pio_kv_via_view(const struct pio_model *m, int layer);
+
 /* Model surgery dropped these layers (sorted): close the gaps in the pools. */
 void pio_kv_remove_layers(struct pio_model *m, const int32_t *layers, size_t n);
 

@@ -115,7 +115,7 @@ pio_status pio_build_attn(pio_model *m, int layer, const pio_attn_weights *w, co
         (st = pio_cpu_rope(&k3, b->pos, m->inv_freq, (int)D, m->round_bf16, err)))
         return st;
     float scale = (float)(1.0 / sqrt((double)D));
-    if (m->kv->custom) { /* paged, int8 or windowed: through the block tables (models/kv.c) */
+    if (pio_kv_via_view(m, layer)) { /* paged, int8 or windowed: through the view (models/kv.c) */
         if ((st = pio_kv_attend(m, layer, b, &q3, &k3, &v3, scale, &a3, err))) return st;
     } else if ((st = pio_cpu_kv_write(&k3, &v3, m->cache_k[layer], m->cache_v[layer], b->seq,
                                       b->pos, err)) ||

@@ -33,6 +33,10 @@ typedef struct pio_hparams {
     int32_t n_ff_exp;        /* moe_intermediate_size */
     bool expert_norm;        /* norm_topk_prob */
     bool moe_layer[PIO_MAX_LAYERS]; /* layer l has a MoE block (else a dense MLP of n_ff) */
+    /* Sliding-window attention from config.json, as transformers reads it:
+     * layer l attends to its last sliding_window positions when sliding_layer[l]. */
+    int32_t sliding_window;             /* 0: no layer slides */
+    bool sliding_layer[PIO_MAX_LAYERS];
 } pio_hparams;
 
 /* Where weights come from: a checkpoint, or seeded random numbers. */

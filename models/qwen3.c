@@ -50,6 +50,59 @@ static pio_status parse_rope(const cJSON *cfg, pio_hparams *hp, pio_error *err) 
     return PIO_OK;
 }
 
+/* Which layers slide, as transformers' Qwen3Config does: sliding_window only
+ * counts when use_sliding_window; layer_types ("full_attention" /
+ * "sliding_attention" per layer) when given, else the layers from
+ * max_window_layers on. */
+static pio_status parse_sliding(const cJSON *cfg, pio_hparams *hp, pio_error *err) {
+    const char *w = "config.json";
+    bool use = false;
+    int64_t window = 4096, from = 28;
+    pio_status st = pio_json_bool(cfg, "use_sliding_window", false, false, &use, w, err);
+    if (st) return st;
+    const cJSON *sw = cJSON_GetObjectItemCaseSensitive(cfg, "sliding_window");
+    if (cJSON_IsNull(sw)) window = 0; /* null: no window even when use_sliding_window */
+    else if ((st = pio_json_int(cfg, "sliding_window", false, 4096, &window, w, err))) return st;
+    if ((st = pio_json_int(cfg, "max_window_layers", false, 28, &from, w, err))) return st;
+    if (!use) window = 0;
+    if (window > INT32_MAX || window < (use && !cJSON_IsNull(sw) ? 1 : 0))
+        return pio_error_set(err, PIO_ERR_FORMAT, "config.json: sliding_window must be >= 1, got %lld",
+                             (long long)window);
+    if (hp->n_layer > PIO_MAX_LAYERS)
+        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%d layers: pio supports at most %d",
+                             hp->n_layer, PIO_MAX_LAYERS);
+    hp->sliding_window = (int32_t)window;
+    const cJSON *types = cJSON_GetObjectItemCaseSensitive(cfg, "layer_types");
+    if (types && !cJSON_IsNull(types)) {
+        if (!cJSON_IsArray(types) || cJSON_GetArraySize(types) != hp->n_layer)
+            return pio_error_set(err, PIO_ERR_FORMAT,
+                                 "config.json: layer_types must be a list of %d strings (one per "
+                                 "layer)", hp->n_layer);
+        for (int l = 0; l < hp->n_layer; l++) {
+            const cJSON *t = cJSON_GetArrayItem(types, l);
+            const char *name = cJSON_IsString(t) ? t->valuestring : NULL;
+            if (name && strcmp(name, "full_attention") == 0) {
+                hp->sliding_layer[l] = false;
+            } else if (name && strcmp(name, "sliding_attention") == 0) {
+                if (!window)
+                    return pio_error_set(err, PIO_ERR_FORMAT,
+                                         "config.json: layer_types[%d] is 'sliding_attention' but "
+                                         "there is no window (use_sliding_window is false or "
+                                         "sliding_window null)", l);
+                hp->sliding_layer[l] = true;
+            } else {
+                return pio_error_set(err, PIO_ERR_UNSUPPORTED,
+                                     "config.json: layer_types[%d] is %s%s%s (known: "
+                                     "full_attention, sliding_attention)", l, name ? "'" : "",
+                                     name ? name : "not a string", name ? "'" : "");
+            }
+        }
+        return PIO_OK;
+    }
+    for (int l = 0; l < hp->n_layer; l++) hp->sliding_layer[l] = window > 0 && l >= from;
+    return PIO_OK;
+}
+
 static pio_status qwen3_parse_config(const cJSON *cfg, pio_hparams *hp, pio_error *err) {
     int64_t v;
     const char *w = "config.json";
@@ -88,7 +141,7 @@ static pio_status qwen3_parse_config(const cJSON *cfg, pio_hparams *hp, pio_erro
     if (cJSON_IsString(act) && strcmp(act->valuestring, "silu") != 0)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED, "hidden_act '%s' is not supported (silu)",
                              act->valuestring);
-    return PIO_OK;
+    return parse_sliding(cfg, hp, err);
 }
 
 static pio_status qwen3_load_weights(pio_model *m, pio_weight_source *ws, pio_error *err) {

@@ -99,9 +99,9 @@ static pio_status moe_parse_config(const cJSON *cfg, pio_hparams *hp, pio_error 
     if (hp->n_layer > PIO_MAX_LAYERS)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%d layers: pio supports at most %d",
                              hp->n_layer, PIO_MAX_LAYERS);
-    const cJSON *sliding = cJSON_GetObjectItemCaseSensitive(cfg, "use_sliding_window");
-    if (cJSON_IsTrue(sliding))
-        return pio_error_set(err, PIO_ERR_UNSUPPORTED, "use_sliding_window=true is not supported");
+    /* transformers' Qwen3-MoE slides in every layer when use_sliding_window (its
+     * attention reads config.sliding_window; no layer_types, no max_window_layers). */
+    for (int l = 0; l < hp->n_layer; l++) hp->sliding_layer[l] = hp->sliding_window > 0;
     hp->n_expert = (int32_t)n_expert;
     hp->n_expert_used = (int32_t)top_k;
     hp->n_ff_exp = (int32_t)n_ff_exp;

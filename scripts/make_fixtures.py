@@ -933,9 +933,103 @@ def digest(out):
     return h.hexdigest()
 
 
+# ----------------------------------------------------------------------------------------
+# Sliding-window attention from config.json: transformers' outputs for a fixture's weights
+# under an edited config (the tests copy the fixture and edit its config.json the same way)
+# ----------------------------------------------------------------------------------------
+
+SLIDING_WINDOW = 8
+SLIDING_PROMPT = 3  # 60 tokens: most positions are past the window
+SLIDING_POSITIONS = [0, SLIDING_WINDOW - 1, SLIDING_WINDOW, 20, 40, 59]  # logits rows kept
+SLIDING_GREEDY_PROMPT = 1  # 7 tokens: the continuation crosses the window
+SLIDING_NEW_TOKENS = 16
+SLIDING = [
+    # Qwen3: layer_types from max_window_layers (layers >= 1 slide), config in the 4.51 form
+    dict(fixture="qwen3-gqa2", cls="dense", name="max_window_layers",
+         config=dict(use_sliding_window=True, sliding_window=SLIDING_WINDOW, max_window_layers=1)),
+    # Qwen3: explicit layer_types win over max_window_layers
+    dict(fixture="qwen3-gqa2", cls="dense", name="layer_types",
+         config=dict(use_sliding_window=True, sliding_window=SLIDING_WINDOW, max_window_layers=3,
+                     layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
+    # Qwen3-MoE: every layer slides when use_sliding_window (no max_window_layers there)
+    dict(fixture="qwen3-moe-e8k2", cls="moe", name="all_layers", greedy_prompt=2,  # 1: a near-tie
+         config=dict(use_sliding_window=True, sliding_window=SLIDING_WINDOW)),
+]
+
+
+@torch.no_grad()
+def make_sliding(out, variants):
+    """Per fixture: sliding.json (the config edits, positions, greedy tokens) and
+    sliding.safetensors (f32 logits rows at SLIDING_POSITIONS of prompt SLIDING_PROMPT)."""
+    by_fixture = {}
+    for v in variants:
+        by_fixture.setdefault(v["fixture"], []).append(v)
+    for fixture, vs in by_fixture.items():
+        d = out / fixture
+        ref = json.loads((d / "reference.json").read_text(encoding="utf-8"))
+        ids = ref["prompts"][SLIDING_PROMPT]["ids"]
+        tensors, entries = {}, []
+        for v in vs:
+            cls = Qwen3ForCausalLM if v["cls"] == "dense" else Qwen3MoeForCausalLM
+            with tempfile.TemporaryDirectory() as tmp:
+                for f in d.iterdir():
+                    if f.name != "config.json" and f.is_file():
+                        Path(tmp, f.name).symlink_to(f)
+                cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+                cfg.update(v["config"])
+                Path(tmp, "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+                extra = {} if v["cls"] == "dense" else {"experts_implementation": "eager"}
+                m = cls.from_pretrained(tmp, dtype=torch.float32, attn_implementation="eager", **extra).eval()
+                full = cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager", **extra).eval()
+                assert m.config.sliding_window == SLIDING_WINDOW
+                layer_types = getattr(m.config, "layer_types", None)
+                if v["cls"] == "moe":  # Qwen3MoeAttention reads config.sliding_window in every layer
+                    assert all(layer.self_attn.sliding_window == SLIDING_WINDOW for layer in m.model.layers)
+                    layer_types = ["sliding_attention"] * len(m.model.layers)
+                else:
+                    assert [layer.self_attn.sliding_window for layer in m.model.layers] == [
+                        SLIDING_WINDOW if t == "sliding_attention" else None for t in layer_types]
+                logits = logits_of(m, ids)
+                base = logits_of(full, ids)
+                # positions inside the window see what full attention sees
+                assert torch.equal(logits[:SLIDING_WINDOW], base[:SLIDING_WINDOW]) or \
+                    float((logits[:SLIDING_WINDOW] - base[:SLIDING_WINDOW]).abs().max()) < 1e-6
+                differs = float((logits[SLIDING_WINDOW:] - base[SLIDING_WINDOW:]).abs().max())
+                assert differs > 0.1, f"{fixture}/{v['name']}: the window changes nothing ({differs})"
+                gp = ref["prompts"][v.get("greedy_prompt", SLIDING_GREEDY_PROMPT)]["ids"]
+                g, margins = greedy(m, gp, SLIDING_NEW_TOKENS)
+                gen = m.generate(torch.tensor([gp]), generation_config=GenerationConfig(
+                    max_new_tokens=SLIDING_NEW_TOKENS, do_sample=False, eos_token_id=None,
+                    pad_token_id=ref["config"]["bos_token_id"]))
+                assert gen[0, len(gp):].tolist() == g, f"{fixture}/{v['name']}: generate() with cache differs"
+                assert min(margins) > 5e-3, f"{fixture}/{v['name']}: greedy near-tie {min(margins)}"
+            key = f"logits_f32.{v['name']}"
+            tensors[key] = logits[SLIDING_POSITIONS].contiguous()
+            entries.append({
+                "name": v["name"], "config": v["config"], "layer_types": layer_types,
+                "tensor": key, "max_abs_logit_f32": float(logits.abs().max()),
+                "max_abs_delta_vs_full_past_window": differs,
+                "greedy_prompt": v.get("greedy_prompt", SLIDING_GREEDY_PROMPT),
+                "greedy_f32": g, "greedy_min_top2_margin": min(margins),
+            })
+        save_file(tensors, str(d / "sliding.safetensors"), metadata={"generator": "scripts/make_fixtures.py"})
+        write_json(d / "sliding.json", {
+            "fixture": fixture, "generator": "scripts/make_fixtures.py",
+            "versions": {k: VERSIONS[k] for k in PINNED},
+            "reference": "transformers, attn_implementation=eager, f32, use_cache=False; the fixture's "
+                         "weights under config.json with these edits",
+            "window": SLIDING_WINDOW, "prompt": SLIDING_PROMPT, "positions": SLIDING_POSITIONS,
+            "greedy_new_tokens": SLIDING_NEW_TOKENS,
+            "variants": entries,
+        }, indent=1, inline_lists=True)
+        print(f"{fixture}: sliding references {[e['name'] for e in entries]}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="fixture root (default tests/fixtures)")
+    ap.add_argument("--sliding-only", action="store_true",
+                    help="only (re)write the sliding-window references from the fixtures already there")
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -945,6 +1039,9 @@ def main():
     torch.use_deterministic_algorithms(True)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    if args.sliding_only:
+        make_sliding(out, SLIDING)
+        return
 
     tok, tok_json = build_tokenizer()
     tok_cfg = tokenizer_config(tok)
@@ -972,6 +1069,7 @@ def main():
 
     refs = [make_model(spec, out, tok, tok_json, tok_cfg, hf_tok, encodings) for spec in MODELS]
     moe_refs = [make_moe_model(spec, out, tok, tok_json, tok_cfg, hf_tok, encodings) for spec in MOE_MODELS]
+    make_sliding(out, SLIDING)
 
     if TOKENIZER_SCRIPT.exists():
         if out == DEFAULT_OUT.resolve():

@@ -437,6 +437,16 @@ static int m_info(lua_State *L) {
     SET_INT("n_head_kv", i.n_head_kv);
     SET_INT("head_dim", i.head_dim);
     SET_INT("max_seqs", i.max_seqs);
+    /* Attention windows: config.json's (nil: none) and, per layer, the one in
+     * effect (0: full attention; a sliding or sink strategy sets every layer's). */
+    pio_model *m = check_model(L, 1);
+    if (pio_model_config_window(m) > 0) SET_INT("sliding_window", pio_model_config_window(m));
+    lua_createtable(L, i.n_layer, 0);
+    for (int32_t l = 0; l < i.n_layer; l++) {
+        lua_pushinteger(L, pio_model_layer_window(m, l));
+        lua_rawseti(L, -2, l + 1);
+    }
+    lua_setfield(L, -2, "layer_windows");
 #undef SET_STR
 #undef SET_INT
     return 1;

@@ -622,8 +622,9 @@ static void test_bad_configs(void) {
     expect_config_error(cfg, "key 'mlp_only_layers' must be a list of layer indices");
     snprintf(cfg, sizeof cfg, "%s, \"num_experts\": 4, \"num_experts_per_tok\": 2, \"mlp_only_layers\": [-1]}", base);
     expect_config_error(cfg, "'mlp_only_layers' holds something other than a layer index");
-    snprintf(cfg, sizeof cfg, "%s, \"num_experts\": 4, \"num_experts_per_tok\": 2, \"use_sliding_window\": true}", base);
-    expect_config_error(cfg, "use_sliding_window=true is not supported");
+    /* sliding windows are supported (every layer, as transformers' Qwen3-MoE); a bad one is not */
+    snprintf(cfg, sizeof cfg, "%s, \"num_experts\": 4, \"num_experts_per_tok\": 2, \"use_sliding_window\": true, \"sliding_window\": -2}", base);
+    expect_config_error(cfg, "sliding_window must be >= 1, got -2");
 }
 
 /* The fixture with stacked experts, rewritten with per-expert tensors (the

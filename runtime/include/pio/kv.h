@@ -146,6 +146,17 @@ pio_status pio_model_seq_load(pio_model *m, int32_t seq, const char *path, pio_e
  * the slot changes; NULL when empty). */
 const int32_t *pio_model_seq_tokens(const pio_model *m, int32_t seq, int32_t *n);
 
+/* The attention window layer uses (0: full attention; -1: no such layer):
+ * the cache's sliding or sink window when configured (it overrides every
+ * layer), else config.json's sliding_window for the layers it marks
+ * (use_sliding_window with layer_types or max_window_layers, as transformers
+ * reads them). Config windows mask attention; the cache still keeps every
+ * position (layers without a window need them). */
+int32_t pio_model_layer_window(const pio_model *m, int32_t layer);
+
+/* config.json's sliding_window where use_sliding_window is set (0: none). */
+int32_t pio_model_config_window(const pio_model *m);
+
 /* "contiguous" / "paged", "f32" / "bf16" / "int8", "full" / "sliding" / "sink". */
 const char *pio_kv_layout_name(pio_kv_layout l);
 const char *pio_kv_attention_name(pio_kv_attention a);
