@@ -51,6 +51,43 @@ pio_status pio_model_bench_forward(pio_model *m, int32_t n_tokens, int32_t n_pas
     return st;
 }
 
+pio_status pio_model_bench_decode(pio_model *m, int32_t n_seqs, int32_t n_steps, int32_t depth,
+                                  double *seconds, pio_error *err) {
+    *seconds = 0;
+    if (n_seqs <= 0 || n_seqs > m->max_seqs || n_steps <= 0 || depth < 0)
+        return pio_error_set(err, PIO_ERR_INVALID, "bench_decode: %d sequences (max_seqs %d), %d "
+                             "steps, depth %d: need 1..max_seqs sequences, steps > 0, depth >= 0",
+                             n_seqs, m->max_seqs, n_steps, depth);
+    if ((int64_t)depth + n_steps > m->n_ctx)
+        return pio_error_set(err, PIO_ERR_RANGE, "bench_decode: depth %d + %d steps exceed the "
+                             "context of %d (load with a larger ctx)", depth, n_steps, m->n_ctx);
+    pio_status st = PIO_OK;
+    for (int32_t s = 0; s < n_seqs && depth > 0 && st == PIO_OK; s++) {
+        /* the prompt of sequence s (slot 0 is what pio_model_bench_forward fills) */
+        int32_t *tok = malloc((size_t)depth * 3 * sizeof *tok);
+        if (!tok) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+        int32_t *pos = tok + depth, *seq = pos + depth;
+        for (int32_t i = 0; i < depth; i++)
+            tok[i] = (int32_t)((i * 7919 + s * 104729) % m->hp.n_vocab), pos[i] = i, seq[i] = s;
+        pio_batch b = {depth, tok, pos, seq, NULL};
+        st = pio_model_forward(m, &b, NULL, err);
+        free(tok);
+    }
+    int32_t *tok = malloc((size_t)n_seqs * 3 * sizeof *tok);
+    if (!tok) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+    int32_t *pos = tok + n_seqs, *seq = pos + n_seqs;
+    for (int32_t step = 0; step < n_steps && st == PIO_OK; step++) {
+        for (int32_t s = 0; s < n_seqs; s++)
+            tok[s] = (int32_t)((step * 31 + s * 17) % m->hp.n_vocab), pos[s] = depth + step, seq[s] = s;
+        pio_batch b = {n_seqs, tok, pos, seq, NULL};
+        double t0 = pio_now();
+        st = pio_model_forward(m, &b, NULL, err);
+        *seconds += pio_now() - t0;
+    }
+    free(tok);
+    return st;
+}
+
 size_t pio_model_decode_bytes(const pio_model *m) {
     size_t bytes = 0;
     for (size_t i = 0; i < m->n_weights; i++) {

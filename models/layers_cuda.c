@@ -145,6 +145,101 @@ pio_status pio_cuda_build_logits(pio_model *m, const pio_batch *b, const pio_ten
     return st ? st : pio_cuda_build_linear(m, &sel, lm_head, logits, err);
 }
 
+/* Rows [r0, r0 + n) of a 2-D tensor, as a borrowed view. */
+static pio_tensor rows_of(const pio_tensor *t, int64_t r0, int64_t n) {
+    pio_tensor v = *t;
+    v.offset += (size_t)(r0 * t->stride[0]) * pio_dtype_info(t->dtype)->size;
+    v.shape[0] = n;
+    return v;
+}
+
+/* Up to this many (token, expert) pairs, the experts' products run in one
+ * grouped kernel per projection that reads each chosen expert once, with no
+ * host round trip (decode of up to 32 sequences at top-8; graph-capturable);
+ * above it, the rows are grouped per expert on the host's count and each
+ * expert is one cuBLAS product on the tensor cores (prompts). */
+enum { MOE_DEVICE_PAIRS = 256 };
+
+pio_status pio_cuda_build_moe(pio_model *m, const pio_moe_weights *w, const pio_moe_params *p,
+                              const pio_tensor *h, pio_tensor *out, pio_error *err) {
+    const int64_t n = h->shape[0], E = h->shape[1];
+    const int32_t n_exp = w->n_expert, k = p->route.top_k;
+    const int64_t pairs = n * k, F = w->gate[0]->shape[0];
+    pio_tensor logits, gate, up, yg, idx;
+    pio_status st;
+    if ((st = pio_model_cuda_scratch(m, PIO_SLOT_ROUTER, n, n_exp, &logits, err)) ||
+        (st = pio_model_cuda_scratch(m, PIO_SLOT_GATE, pairs, F, &gate, err)) ||
+        (st = pio_model_cuda_scratch(m, PIO_SLOT_UP, pairs, F, &up, err)) ||
+        (st = pio_model_cuda_scratch(m, PIO_SLOT_MOE_Y, pairs, E, &yg, err)) ||
+        (st = pio_model_cuda_scratch(m, PIO_SLOT_MOE_IDX, 1, 4 * pairs + n_exp + 1, &idx, err)))
+        return st;
+    int32_t *ids = pio_tensor_data(&idx); /* device arrays, 4 bytes each */
+    float *weights = (float *)(ids + pairs);
+    int32_t *pair_of_row = ids + 2 * pairs, *row_of_pair = ids + 3 * pairs;
+    int32_t *offsets = ids + 4 * pairs;
+
+    /* Route (a bf16 linear unless the architecture keeps the router in f32). */
+    if ((st = pio_cuda_matmul(CTX(m), h, w->router, &logits, err))) return st;
+    if (m->round_bf16 && !p->router_f32 && (st = pio_cuda_round_bf16(CTX(m), &logits, err)))
+        return st;
+    pio_moe_route_params rp = p->route;
+    rp.round_bf16 = m->round_bf16 && p->weights_bf16;
+    if ((st = pio_cuda_moe_route(CTX(m), &logits, &rp, ids, weights, err)) ||
+        (st = pio_cuda_moe_sort(CTX(m), ids, pairs, n_exp, offsets, pair_of_row, row_of_pair,
+                                err)))
+        return st;
+
+    const pio_dtype wdt = w->gate[0]->dtype;
+    if (pairs <= MOE_DEVICE_PAIRS) {
+        const void *const *gp, *const *upp, *const *dp;
+        if (!(gp = pio_model_cuda_pointers(m, w->gate, n_exp, err)) ||
+            !(upp = pio_model_cuda_pointers(m, w->up, n_exp, err)) ||
+            !(dp = pio_model_cuda_pointers(m, w->down, n_exp, err)))
+            return err->status;
+        if ((st = pio_cuda_moe_expert_matmul(CTX(m), h, gp, wdt, F, E, n_exp, offsets,
+                                             pair_of_row, k, true, &gate, err)) ||
+            (st = pio_cuda_moe_expert_matmul(CTX(m), h, upp, wdt, F, E, n_exp, offsets,
+                                             pair_of_row, k, true, &up, err)) ||
+            (st = pio_cuda_silu_mul(CTX(m), &gate, &up, &gate, m->round_bf16, err)) ||
+            (st = pio_cuda_moe_expert_matmul(CTX(m), &gate, dp, wdt, E, F, n_exp, offsets,
+                                             pair_of_row, k, false, &yg, err)))
+            return st;
+    } else {
+        /* The host needs each expert's row count to size its product. */
+        pio_tensor xg, off_dev = pio_reshape(&idx, 1, (int64_t[]){n_exp + 1});
+        off_dev.offset += (size_t)(4 * pairs) * sizeof(float);
+        int64_t len = n_exp + 1;
+        pio_tensor *off = pio_tensor_new(PIO_F32, 1, &len, err);
+        if (!off) return err->status;
+        if ((st = pio_model_cuda_scratch(m, PIO_SLOT_MOE_X, pairs, E, &xg, err)) ||
+            (st = pio_cuda_copy_to_host(CTX(m), off, &off_dev, err)) ||
+            (st = pio_cuda_moe_gather(CTX(m), h, pair_of_row, k, &xg, err))) {
+            pio_tensor_free(off);
+            return st;
+        }
+        const int32_t *o = pio_tensor_data(off);
+        for (int32_t e = 0; st == PIO_OK && e < n_exp; e++) {
+            int64_t r0 = o[e], rows = o[e + 1] - o[e];
+            if (rows <= 0) continue;
+            pio_tensor xe = rows_of(&xg, r0, rows), ge = rows_of(&gate, r0, rows);
+            pio_tensor ue = rows_of(&up, r0, rows);
+            if (!(st = pio_cuda_build_linear(m, &xe, w->gate[e], &ge, err)))
+                st = pio_cuda_build_linear(m, &xe, w->up[e], &ue, err);
+        }
+        if (st == PIO_OK) st = pio_cuda_silu_mul(CTX(m), &gate, &up, &gate, m->round_bf16, err);
+        for (int32_t e = 0; st == PIO_OK && e < n_exp; e++) {
+            int64_t r0 = o[e], rows = o[e + 1] - o[e];
+            if (rows <= 0) continue;
+            pio_tensor ge = rows_of(&gate, r0, rows), ye = rows_of(&yg, r0, rows);
+            st = pio_cuda_build_linear(m, &ge, w->down[e], &ye, err);
+        }
+        pio_tensor_free(off);
+        if (st) return st;
+    }
+    return pio_cuda_moe_combine(CTX(m), &yg, row_of_pair, ids, weights, k, p->accum,
+                                m->round_bf16, out, err);
+}
+
 #else /* no CUDA backend: layers.c never hands a builder over (m->cuda is NULL) */
 typedef int pio_layers_cuda_absent;
 #endif

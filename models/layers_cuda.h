@@ -27,4 +27,7 @@ pio_status pio_cuda_build_logits(pio_model *m, const pio_batch *b, const pio_ten
                                  const pio_tensor *norm, const pio_tensor *lm_head,
                                  pio_tensor *logits, pio_error *err);
 
+pio_status pio_cuda_build_moe(pio_model *m, const pio_moe_weights *w, const pio_moe_params *p,
+                              const pio_tensor *h, pio_tensor *out, pio_error *err);
+
 #endif

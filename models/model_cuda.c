@@ -27,6 +27,8 @@ struct pio_model_cuda {
     pio_tensor *scratch[PIO_SLOT_COUNT]; /* device, activation dtype (LOGITS: f32) */
     pio_tensor *logits_host;             /* host f32 [rows, n_vocab], grown */
     pio_tensor logits_view;              /* what pio_model_forward hands out */
+    struct { const void *key; void *ptrs; } *ptr_arrays; /* pio_model_cuda_pointers */
+    int n_ptr_arrays, cap_ptr_arrays;
     pio_cuda_graph *graph;               /* the one-token step */
     int graph_state;                     /* GRAPH_* */
     bool graph_logits;                   /* whether the captured step writes logits */
@@ -67,6 +69,7 @@ void pio_model_cuda_free(pio_model *m) {
     struct pio_model_cuda *c = m->cuda;
     if (!c) return;
     pio_cuda_graph_free(c->graph);
+    free(c->ptr_arrays);
     pio_tensor_free(c->logits_host);
     /* Device tensors still alive (weights, cache, scratch) hold no memory of
      * their own once the context goes: the pool releases every block. */
@@ -106,6 +109,45 @@ pio_status pio_model_cuda_copy(pio_model *m, pio_tensor *dst, const pio_tensor *
     return pio_cuda_copy(m->cuda->ctx, dst, src, err);
 }
 
+/* Device arrays of the experts' weight pointers, made once per weight list
+ * (keyed by the list's address, stable for a loaded model) before any graph
+ * capture: the first forward pass runs directly. */
+const void *const *pio_model_cuda_pointers(pio_model *m, const pio_tensor *const *ts, int32_t n,
+                                           pio_error *err) {
+    struct pio_model_cuda *c = m->cuda;
+    for (int i = 0; i < c->n_ptr_arrays; i++)
+        if (c->ptr_arrays[i].key == ts) return (const void *const *)c->ptr_arrays[i].ptrs;
+    if (pio_cuda_capturing(c->ctx)) {
+        pio_error_set(err, PIO_ERR_INVALID, "expert pointers made during a graph capture");
+        return NULL;
+    }
+    if (c->n_ptr_arrays == c->cap_ptr_arrays) {
+        int cap = c->cap_ptr_arrays ? 2 * c->cap_ptr_arrays : 64;
+        void *grown = realloc(c->ptr_arrays, (size_t)cap * sizeof *c->ptr_arrays);
+        if (!grown) {
+            pio_error_set(err, PIO_ERR_OOM, "out of memory");
+            return NULL;
+        }
+        c->ptr_arrays = grown;
+        c->cap_ptr_arrays = cap;
+    }
+    /* 8-byte pointers in an f32-typed host tensor of 2n values, uploaded as is. */
+    int64_t words = 2 * (int64_t)n;
+    pio_tensor *host = pio_tensor_new(PIO_F32, 1, &words, err);
+    if (!host) return NULL;
+    const void **p = pio_tensor_data(host);
+    for (int32_t e = 0; e < n; e++) p[e] = pio_tensor_data(ts[e]);
+    pio_tensor *dev = pio_cuda_upload(c->ctx, host, PIO_F32, err);
+    pio_tensor_free(host);
+    if (!dev) return NULL;
+    void *ptrs = pio_tensor_data(dev);
+    pio_tensor_free(dev); /* the block stays in the pool until the context goes */
+    c->ptr_arrays[c->n_ptr_arrays].key = ts;
+    c->ptr_arrays[c->n_ptr_arrays].ptrs = ptrs;
+    c->n_ptr_arrays++;
+    return (const void *const *)ptrs;
+}
+
 void pio_model_cuda_release(pio_model *m, pio_storage *s) {
     if (s && s->kind == PIO_STORAGE_DEVICE && __atomic_load_n(&s->refcount, __ATOMIC_ACQUIRE) == 1)
         pio_cuda_free(m->cuda->ctx, s->base);
@@ -139,7 +181,9 @@ pio_status pio_model_cuda_scratch(pio_model *m, enum pio_scratch_slot slot, int6
     if (!buf || pio_tensor_numel(buf) < n * width) {
         if (pio_cuda_capturing(c->ctx))
             return pio_error_set(err, PIO_ERR_INVALID, "activations grew during a graph capture");
-        pio_dtype dt = slot == PIO_SLOT_LOGITS ? PIO_F32 : pio_model_act_dtype(m);
+        /* Logits and router logits are f32; MOE_IDX holds int32 and f32 arrays. */
+        bool f32 = slot == PIO_SLOT_LOGITS || slot == PIO_SLOT_ROUTER || slot == PIO_SLOT_MOE_IDX;
+        pio_dtype dt = f32 ? PIO_F32 : pio_model_act_dtype(m);
         int64_t len = n * width;
         pio_cuda_tensor_free(c->ctx, buf);
         buf = c->scratch[slot] = pio_cuda_tensor_new(c->ctx, dt, 1, &len, err);
@@ -266,4 +310,9 @@ pio_status pio_model_cuda_forward(pio_model *m, const pio_batch *b, int32_t n_ou
     return absent(err);
 }
 pio_dtype pio_model_act_dtype(const pio_model *m) { return m->round_bf16 ? PIO_BF16 : PIO_F32; }
+const void *const *pio_model_cuda_pointers(pio_model *m, const pio_tensor *const *ts, int32_t n,
+                                           pio_error *err) {
+    absent(err);
+    return NULL;
+}
 #endif

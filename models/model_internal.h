@@ -160,6 +160,9 @@ pio_status pio_model_cuda_copy(pio_model *m, pio_tensor *dst, const pio_tensor *
                                pio_error *err);
 /* Drops one reference to device storage, returning its block to the pool with the last. */
 void pio_model_cuda_release(pio_model *m, pio_storage *s);
+/* A device array of the tensors' data pointers (expert weights), made on first use. */
+const void *const *pio_model_cuda_pointers(pio_model *m, const pio_tensor *const *ts, int32_t n,
+                                           pio_error *err);
 /* Once weights and cache are there: RoPE frequencies to the device, then a sync. */
 pio_status pio_model_cuda_prepare(pio_model *m, pio_error *err);
 /* pio_scratch on the device: activation dtype (bf16 in bf16 mode), LOGITS f32. */

@@ -130,6 +130,10 @@ static pio_tensor *expert_view(const pio_tensor *stack, int64_t e, int64_t row0,
 static bool experts_stacked(const pio_weight_source *ws, int l) {
     char name[256];
     snprintf(name, sizeof name, "model.layers.%d.mlp.experts.gate_up_proj", l);
+    /* Synthetic weights on a GPU are made as stacks too: two allocations per
+     * layer instead of 3·X (thousands of 3 MiB blocks would waste a quarter of
+     * the memory in the pool's 2 MiB rounding). */
+    if (ws->synthetic && ws->model && ws->model->cuda) return true;
     return ws->st && pio_safetensors_find(ws->st, name);
 }
 

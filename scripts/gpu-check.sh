@@ -14,7 +14,8 @@
 # Every step has a timeout; a failing step is reported and the next one still
 # runs, and the script exits non-zero if any failed.
 #
-# Environment: PIO_GPU_BUILD (build folder, default build-gpu), OUT (where logs
+# Environment: PIO_GPU_BENCH (which model benchmarks: "dense,moe" by default),
+# PIO_GPU_BUILD (build folder, default build-gpu), OUT (where logs
 # are written, default the build folder), PIO_GPU_QUICK=1 (fewer sizes and
 # repetitions), PIO_GPU_SANITIZE=1 (also run the quick test under
 # compute-sanitizer memcheck and racecheck: slower), PIO_CUDA_ARCH (default 90).
@@ -116,8 +117,16 @@ if [ -x "$build/pio" ]; then
   peak=$(sed -nE 's/^ceilings:.*peak ([0-9.]+) TFLOP\/s.*/\1/p' "$logs/micro-bench.log" 2>/dev/null | head -n 1)
   reps=5
   [ "${PIO_GPU_QUICK:-0}" = 1 ] && reps=3
-  step model-bench 360 env PIO_GPU_COPY_GBS="$copy" PIO_GPU_PEAK_TFLOPS="$peak" \
-    "$build/pio" bench "$root/bench/cuda.lua" --reps "$reps" --json "$logs/bench-cuda.json"
+  benches="${PIO_GPU_BENCH:-dense,moe}"
+  if [[ ",$benches," == *,dense,* ]]; then
+    step model-bench 360 env PIO_GPU_COPY_GBS="$copy" PIO_GPU_PEAK_TFLOPS="$peak" \
+      "$build/pio" bench "$root/bench/cuda.lua" --reps "$reps" --json "$logs/bench-cuda.json"
+  fi
+  # Qwen3-MoE at the 30B-A3B shape (about 61 GB of bf16 weights: an 80 GB card).
+  if [[ ",$benches," == *,moe,* ]]; then
+    step moe-bench 300 env PIO_GPU_COPY_GBS="$copy" \
+      "$build/pio" bench "$root/bench/cuda_moe.lua" --reps "$reps" --json "$logs/bench-cuda-moe.json"
+  fi
 fi
 
 echo
@@ -131,6 +140,9 @@ if [ -f "$logs/gpu-specs.log" ]; then
 fi
 if [ -f "$logs/model-bench.log" ]; then
   sed -n '/^| model/,$p' "$logs/model-bench.log" | grep -vE "^(peak memory|wrote)" || true
+fi
+if [ -f "$logs/moe-bench.log" ]; then
+  sed -n '/on cuda, bf16/,$p' "$logs/moe-bench.log" | grep -vE "^(peak memory|pio bench: wrote)" || true
 fi
 if [ -f "$logs/micro-bench.log" ]; then
   grep -E "^ceilings:|^one layer's 7 matvecs|^one layer \(4 GEMMs\)|^decode @|^prompt [0-9]+ tokens|^prompt [0-9]+: tensor cores, bf16|^decode at 4096" \

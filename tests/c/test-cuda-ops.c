@@ -676,6 +676,130 @@ static void test_attention(void) {
     check_attention(&pr, 16, 4, 64, 200, PIO_BF16, false, PIO_CUDA_ATTN_MMA, 0, true);
 }
 
+/* ---- mixture of experts ------------------------------------------------------------------- */
+
+/* The device routing, grouping, expert products and combination against the
+ * CPU twins (kernels/cpu/moe.c), for a decode-sized and a prompt-sized batch,
+ * in the bf16 mode's roundings and in f32. */
+static void check_moe(int64_t n, bool rnd) {
+    enum { E = 16, K = 4 };
+    const int64_t d = 64, F = 40, pairs = n * K;
+    pio_error err = {0};
+    pio_tensor *lh = HR(3.0f, rnd, n, E), *xh = HR(1.0f, rnd, n, d);
+    pio_moe_route_params rp = {.scoring = PIO_MOE_SOFTMAX, .top_k = K, .norm = true,
+                               .norm_eps = 0.0f, .scale = 1.0f, .round_bf16 = rnd};
+    int32_t *ids = malloc((size_t)(4 * pairs + E + 1) * sizeof *ids);
+    float *w = malloc((size_t)pairs * sizeof *w);
+    int32_t *por = ids + pairs, *rop = ids + 2 * pairs, *off = ids + 3 * pairs;
+    CHECK(pio_cpu_moe_route(lh, &rp, ids, w, &err) == PIO_OK);
+    CHECK(pio_cpu_moe_sort(ids, pairs, E, off, por, rop, &err) == PIO_OK);
+
+    /* the device's arrays live in one f32-typed tensor (4-byte words) */
+    pio_tensor *l = dev(lh, PIO_F32), *arr = DP(PIO_F32, 4 * pairs + E + 1);
+    int32_t *d_ids = pio_tensor_data(arr), *d_por = d_ids + 2 * pairs, *d_rop = d_ids + 3 * pairs;
+    float *d_w = (float *)(d_ids + pairs);
+    int32_t *d_off = d_ids + 4 * pairs;
+    CHECK_MSG(pio_cuda_moe_route(ctx, l, &rp, d_ids, d_w, &err) == PIO_OK, "%s", err.msg);
+    CHECK_MSG(pio_cuda_moe_sort(ctx, d_ids, pairs, E, d_off, d_por, d_rop, &err) == PIO_OK, "%s",
+              err.msg);
+    pio_tensor *got = down(arr);
+    const int32_t *g = pio_tensor_data(got);
+    const float *gw = (const float *)(g + pairs);
+    int bad_ids = 0, bad_rows = 0;
+    double worst_w = 0;
+    for (int64_t i = 0; i < pairs; i++) {
+        bad_ids += g[i] != ids[i];
+        bad_rows += g[2 * pairs + i] != por[i] || g[3 * pairs + i] != rop[i];
+        worst_w = fmax(worst_w, fabs((double)gw[i] - w[i]));
+    }
+    for (int e = 0; e <= E; e++) bad_rows += g[4 * pairs + e] != off[e];
+    CHECK_MSG(bad_ids == 0 && bad_rows == 0, "moe route/sort n=%lld: %d ids, %d rows differ",
+              (long long)n, bad_ids, bad_rows);
+    /* expf on the device is within 2 ulp of glibc's: a weight may move one bf16 step */
+    CHECK_MSG(worst_w <= (rnd ? 1.0 / 128 : 1e-6), "moe route n=%lld: weights off by %g",
+              (long long)n, worst_w);
+
+    /* expert products: per-expert gate [F, d] and down [d, F] weights */
+    pio_tensor *wg[E], *wd[E], *dg[E], *dd[E];
+    const void *pg[E], *pd[E];
+    for (int e = 0; e < E; e++) {
+        wg[e] = HR(0.2f, true, F, d), wd[e] = HR(0.2f, true, d, F);
+        dg[e] = dev(wg[e], PIO_BF16), dd[e] = dev(wd[e], PIO_BF16);
+        pg[e] = pio_tensor_data(dg[e]), pd[e] = pio_tensor_data(dd[e]);
+    }
+    pio_tensor *ph = H(4 * E), *pdh = H(4 * E); /* 2 words per pointer, E pointers */
+    memcpy(pio_tensor_data(ph), pg, sizeof pg);
+    memcpy(pio_tensor_data(pdh), pd, sizeof pd);
+    pio_tensor *pgd = dev(ph, PIO_F32), *pdd = dev(pdh, PIO_F32);
+    pio_dtype act = rnd ? PIO_BF16 : PIO_F32;
+    pio_tensor *x = dev(xh, act), *hid = DP(act, pairs, F), *y = DP(act, pairs, d),
+               *out = DP(act, n, d);
+    /* CPU: rows grouped by expert, hid = x[token]·gateᵀ, y = hid·downᵀ, combined */
+    pio_tensor *hid_c = H(pairs, F), *y_c = H(pairs, d), *out_c = H(n, d);
+    for (int64_t r = 0; r < pairs; r++) {
+        int32_t e = ids[por[r]];
+        pio_tensor xr = *xh, hr = *hid_c, yr = *y_c;
+        xr.shape[0] = hr.shape[0] = yr.shape[0] = 1;
+        xr.offset += (size_t)((por[r] / K) * d) * sizeof(float);
+        hr.offset += (size_t)(r * F) * sizeof(float);
+        yr.offset += (size_t)(r * d) * sizeof(float);
+        CHECK(pio_cpu_matmul(pool, &xr, wg[e], &hr, &err) == PIO_OK);
+        if (rnd) pio_cpu_round_bf16(&hr);
+        CHECK(pio_cpu_matmul(pool, &hr, wd[e], &yr, &err) == PIO_OK);
+        if (rnd) pio_cpu_round_bf16(&yr);
+    }
+    CHECK(pio_cpu_moe_combine(pool, y_c, rop, ids, w, K, PIO_MOE_ACCUM_EXPERT_ORDER, rnd, out_c,
+                              &err) == PIO_OK);
+    /* the device uses its own routing (checked equal above) */
+    CHECK_MSG(pio_cuda_moe_expert_matmul(ctx, x, pio_tensor_data(pgd), PIO_BF16, F, d, E, d_off,
+                                         d_por, K, true, hid, &err) == PIO_OK, "%s", err.msg);
+    CHECK_MSG(pio_cuda_moe_expert_matmul(ctx, hid, pio_tensor_data(pdd), PIO_BF16, d, F, E, d_off,
+                                         d_por, K, false, y, &err) == PIO_OK, "%s", err.msg);
+    CHECK_MSG(pio_cuda_moe_combine(ctx, y, d_rop, d_ids, d_w, K, PIO_MOE_ACCUM_EXPERT_ORDER, rnd,
+                                   out, &err) == PIO_OK, "%s", err.msg);
+    pio_tensor *ho = down(out), *hh = down(hid);
+    tally th = {0}, t = {0};
+    double tol = rnd ? 2.0 / 128 : 1e-5;
+    compare(&th, hh, hid_c, 1e-5, 1e-6, tol, 1e-6);
+    compare(&t, ho, out_c, 1e-5, 1e-6, 2 * tol, 1e-3);
+    CHECK_MSG(ok(&th, 0.02) && ok(&t, 0.02), "moe products n=%lld round=%d: hidden %lld bad, out "
+              "%lld bad %lld off (worst %.3g)", (long long)n, rnd, (long long)th.bad,
+              (long long)t.bad, (long long)t.off, t.worst);
+    /* gather: rows in grouped order */
+    pio_tensor *xg = DP(act, pairs, d);
+    CHECK(pio_cuda_moe_gather(ctx, x, d_por, K, xg, &err) == PIO_OK);
+    pio_tensor *hg = down(xg);
+    int bad_g = 0;
+    for (int64_t r = 0; r < pairs; r++)
+        for (int64_t c = 0; c < d; c++)
+            bad_g += fp(hg)[r * d + c] != fp(xh)[(por[r] / K) * d + c] && !rnd;
+    CHECK_MSG(bad_g == 0, "moe gather: %d values differ", bad_g);
+    /* bad input is refused before anything runs */
+    pio_moe_route_params bad = rp;
+    bad.top_k = E + 1;
+    CHECK(pio_cuda_moe_route(ctx, l, &bad, d_ids, d_w, &err) == PIO_ERR_INVALID);
+    CHECK(pio_cuda_moe_combine(ctx, y, d_rop, d_ids, d_w, K, PIO_MOE_ACCUM_EXPERT_ORDER, rnd, y,
+                               &err) != PIO_OK);
+
+    for (int e = 0; e < E; e++) {
+        pio_tensor_free(wg[e]), pio_tensor_free(wd[e]);
+        dfree(dg[e]), dfree(dd[e]);
+    }
+    pio_tensor *hs[] = {lh, xh, got, ph, pdh, hid_c, y_c, out_c, ho, hh, hg};
+    for (size_t i = 0; i < sizeof hs / sizeof *hs; i++) pio_tensor_free(hs[i]);
+    pio_tensor *ds[] = {l, arr, pgd, pdd, x, hid, y, out, xg};
+    for (size_t i = 0; i < sizeof ds / sizeof *ds; i++) dfree(ds[i]);
+    free(ids);
+    free(w);
+}
+
+static void test_moe(void) {
+    for (int rnd = 0; rnd < 2; rnd++) {
+        check_moe(1, rnd);  /* decode */
+        check_moe(37, rnd); /* a prompt: experts with several rows */
+    }
+}
+
 /* ---- a captured decode step, replayed at new positions ----------------------------------- */
 
 static void test_graph(void) {
@@ -803,6 +927,7 @@ int main(void) {
     test_heads();
     test_matmul();
     test_attention();
+    test_moe();
     test_graph();
 
     CHECK_MSG(pio_cuda_sync(ctx, &err) == PIO_OK, "asynchronous failure: %s", err.msg);

@@ -206,6 +206,19 @@ describe("pio.Model benchmark methods", function()
     m:free()
   end)
 
+  it("bench_decode times concurrent one-token steps and rejects bad input", function()
+    local m = assert(pio.load(tiny, { threads = 1, dtype = "f32", max_seqs = 3, ctx = 32 }))
+    assert.is_true(m:bench_decode(3, 2, 4) > 0)
+    assert.is_true(m:bench_decode(1, 1) > 0)
+    assert.has_error(function() m:bench_decode(4, 2) end,
+      "bench_decode: 4 sequences (max_seqs 3), 2 steps, depth 0: need 1..max_seqs sequences, steps > 0, depth >= 0")
+    assert.has_error(function() m:bench_decode(1, 30, 4) end,
+      "bench_decode: depth 4 + 30 steps exceed the context of 32 (load with a larger ctx)")
+    assert.has_error(function() m:bench_decode(1, 0) end,
+      "bad argument #2 to 'bench_decode' (must be a positive step count)")
+    m:free()
+  end)
+
   it("decode_bytes counts the weights a decode step reads", function()
     local m = assert(pio.load(tiny, { threads = 1, dtype = "f32" }))
     local info = m:info()

@@ -21,6 +21,13 @@
 pio_status pio_model_bench_forward(pio_model *m, int32_t n_tokens, int32_t n_past,
                                    int32_t n_batch, double *seconds, pio_error *err);
 
+/* Concurrent decode, as a server runs it: sequence slots 0 .. n_seqs - 1 each
+ * get `depth` made-up tokens first (not timed), then n_steps forward passes of
+ * n_seqs tokens (one per sequence, all with logits) are timed. *seconds gets
+ * their wall time; tok/s = n_seqs · n_steps / seconds. n_seqs <= max_seqs. */
+pio_status pio_model_bench_decode(pio_model *m, int32_t n_seqs, int32_t n_steps, int32_t depth,
+                                  double *seconds, pio_error *err);
+
 /* Bytes of weights one decode step reads: every matrix and norm of the
  * layers (of a MoE layer's experts, the top_k the token picks), the final norm
  * and the lm_head (the token embedding is a gather of one row and counts only
