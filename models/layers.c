@@ -6,15 +6,6 @@
 #include "kv_internal.h"
 #include "layers.h"
 #include "layers_cuda.h"
-#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-static double ot_acc[16]; static long ot_n[16]; static int ot_on = -1;
-static const char *ot_names[16] = {"qkv","qknorm","rope","kvwrite","attn","o","resnorm","gateup","silu","down","logits_norm","lm_head","round"};
-static double ot_now(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
-static void ot_dump(void){double tot=0;for(int i=0;i<13;i++)tot+=ot_acc[i];for(int i=0;i<13;i++)if(ot_n[i])fprintf(stderr,"optime %-12s %8.1f ms %5.1f%% (%ld calls, %.1f us/call)\n",ot_names[i],ot_acc[i]*1e3,100*ot_acc[i]/tot,ot_n[i],ot_acc[i]*1e6/ot_n[i]);}
-static int ot_enabled(void){if(ot_on<0){ot_on=getenv("PIO_OPTIME")!=NULL;if(ot_on)atexit(ot_dump);}return ot_on;}
-#define OT(i, call) ({ double _a = ot_enabled() ? ot_now() : 0; __typeof__(call) _r = (call); if (ot_on) { ot_acc[i] += ot_now() - _a; ot_n[i]++; } _r; })
 
 /* A model on the GPU hands each builder over to its CUDA twin (layers_cuda.c). */
 #ifdef PIO_CUDA_KERNELS
@@ -64,11 +55,8 @@ pio_status pio_build_residual_norm(pio_model *m, pio_tensor *x, const pio_tensor
                                    const pio_tensor *w, float eps, pio_tensor *out,
                                    pio_error *err) {
     ON_CUDA(m, pio_cuda_build_residual_norm(m, x, y, w, eps, out, err));
-    double _a = ot_enabled() ? ot_now() : 0;
     pio_status st = pio_build_residual(m, x, y, err);
-    st = st ? st : pio_build_norm(m, x, w, eps, out, err);
-    if (ot_on) ot_acc[6] += ot_now() - _a, ot_n[6]++;
-    return st;
+    return st ? st : pio_build_norm(m, x, w, eps, out, err);
 }
 
 /* One matmul by a fused matrix, its output columns then handed to the parts
@@ -113,7 +101,7 @@ pio_status pio_build_attn(pio_model *m, int layer, const pio_attn_weights *w, co
     } else {
         const pio_tensor *ws[3] = {w->wq, w->wk, w->wv};
         pio_tensor *ys[3] = {&q, &k, &v};
-        if ((st = OT(0, build_linears(m, h, 3, ws, ys, err)))) return st;
+        if ((st = build_linears(m, h, 3, ws, ys, err))) return st;
     }
 
     /* Per-head views: q [n, n_head, D], k/v [n, n_head_kv, D]. */
@@ -121,22 +109,22 @@ pio_status pio_build_attn(pio_model *m, int layer, const pio_attn_weights *w, co
     pio_tensor q3 = pio_reshape(&q, 3, qs), k3 = pio_reshape(&k, 3, ks);
     pio_tensor v3 = pio_reshape(&v, 3, ks), a3 = pio_reshape(&att, 3, qs);
     float eps = (float)hp->norm_eps;
-    if (w->q_norm && (st = OT(1, pio_build_norm(m, &q3, w->q_norm, eps, &q3, err)))) return st;
-    if (w->k_norm && (st = OT(1, pio_build_norm(m, &k3, w->k_norm, eps, &k3, err)))) return st;
-    if ((st = OT(2, pio_cpu_rope(&q3, b->pos, m->inv_freq, (int)D, m->round_bf16, err))) ||
-        (st = OT(2, pio_cpu_rope(&k3, b->pos, m->inv_freq, (int)D, m->round_bf16, err))))
+    if (w->q_norm && (st = pio_build_norm(m, &q3, w->q_norm, eps, &q3, err))) return st;
+    if (w->k_norm && (st = pio_build_norm(m, &k3, w->k_norm, eps, &k3, err))) return st;
+    if ((st = pio_cpu_rope(&q3, b->pos, m->inv_freq, (int)D, m->round_bf16, err)) ||
+        (st = pio_cpu_rope(&k3, b->pos, m->inv_freq, (int)D, m->round_bf16, err)))
         return st;
     float scale = (float)(1.0 / sqrt((double)D));
     if (pio_kv_via_view(m, layer)) { /* paged, int8 or windowed: through the view (models/kv.c) */
         if ((st = pio_kv_attend(m, layer, b, &q3, &k3, &v3, scale, &a3, err))) return st;
-    } else if ((st = OT(3, pio_cpu_kv_write(&k3, &v3, m->cache_k[layer], m->cache_v[layer], b->seq,
-                                      b->pos, err))) ||
-               (st = OT(4, pio_cpu_attention(m->pool, &q3, m->cache_k[layer], m->cache_v[layer], b->seq,
-                                       b->pos, scale, &a3, m->round_bf16, err)))) {
+    } else if ((st = pio_cpu_kv_write(&k3, &v3, m->cache_k[layer], m->cache_v[layer], b->seq,
+                                      b->pos, err)) ||
+               (st = pio_cpu_attention(m->pool, &q3, m->cache_k[layer], m->cache_v[layer], b->seq,
+                                       b->pos, scale, &a3, m->round_bf16, err))) {
         return st;
     }
     if (m->round_bf16) pio_cpu_round_bf16(&att);
-    return OT(5, pio_build_linear(m, &att, w->wo, out, err));
+    return pio_build_linear(m, &att, w->wo, out, err);
 }
 
 pio_status pio_build_ffn(pio_model *m, const pio_ffn_weights *w, const pio_tensor *h,
@@ -154,10 +142,10 @@ pio_status pio_build_ffn(pio_model *m, const pio_ffn_weights *w, const pio_tenso
     } else {
         const pio_tensor *ws[2] = {w->gate, w->up};
         pio_tensor *ys[2] = {&gate, &up};
-        st = OT(7, build_linears(m, h, 2, ws, ys, err));
+        st = build_linears(m, h, 2, ws, ys, err);
     }
-    if (st || (st = OT(8, pio_cpu_silu_mul(&gate, &up, &gate, m->round_bf16, err)))) return st;
-    return OT(9, pio_build_linear(m, &gate, w->down, out, err));
+    if (st || (st = pio_cpu_silu_mul(&gate, &up, &gate, m->round_bf16, err))) return st;
+    return pio_build_linear(m, &gate, w->down, out, err);
 }
 
 pio_status pio_build_logits(pio_model *m, const pio_batch *b, const pio_tensor *x,
@@ -175,8 +163,8 @@ pio_status pio_build_logits(pio_model *m, const pio_batch *b, const pio_tensor *
     for (int32_t i = 0, j = 0; i < b->n_tokens; i++)
         if (!b->logits || b->logits[i])
             memcpy(dst + (size_t)(j++) * E, src + (size_t)i * E, (size_t)E * sizeof(float));
-    if ((st = OT(10, pio_build_norm(m, &sel, norm, (float)m->hp.norm_eps, &sel, err)))) return st;
-    return OT(11, pio_build_linear(m, &sel, lm_head, logits, err));
+    if ((st = pio_build_norm(m, &sel, norm, (float)m->hp.norm_eps, &sel, err))) return st;
+    return pio_build_linear(m, &sel, lm_head, logits, err);
 }
 
 /* Rows [r0, r0 + n) of a contiguous 2-D tensor, as a borrowed view. */
