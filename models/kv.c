@@ -47,9 +47,21 @@ const char *pio_kv_format_name(const pio_model *m) { return elem_name(m->kv->ele
 
 /* ---- configuration ------------------------------------------------------------ */
 
+static pio_kv_elem format_elem(const pio_model *m, pio_kv_format f) {
+    return f == PIO_KV_INT8 ? PIO_KV_ELEM_I8 : f == PIO_KV_F32 ? PIO_KV_ELEM_F32
+         : f == PIO_KV_BF16 ? PIO_KV_ELEM_BF16 : model_elem(m);
+}
+
 static bool is_default(const pio_kv_config *c) {
     return c->layout == PIO_KV_CONTIGUOUS && c->format == PIO_KV_MODEL_DTYPE &&
            c->attention == PIO_ATTN_FULL;
+}
+
+bool pio_kv_config_is_default(const pio_model *m, const pio_kv_config *cfg) {
+    pio_kv_config c = cfg ? *cfg : (pio_kv_config){0};
+    if ((unsigned)c.format <= PIO_KV_BF16 && format_elem(m, c.format) == model_elem(m))
+        c.format = PIO_KV_MODEL_DTYPE;
+    return is_default(&c);
 }
 
 static size_t block_bytes(const pio_model *m, pio_kv_elem e, int64_t block) {
@@ -65,8 +77,9 @@ static pio_status normalize(const pio_model *m, const pio_kv_config *cfg, pio_kv
     pio_kv_config c = cfg ? *cfg : (pio_kv_config){0};
     if (c.layout != PIO_KV_CONTIGUOUS && c.layout != PIO_KV_PAGED)
         return pio_error_set(err, PIO_ERR_INVALID, "kv: unknown layout %d", (int)c.layout);
-    if (c.format != PIO_KV_MODEL_DTYPE && c.format != PIO_KV_INT8)
+    if ((unsigned)c.format > PIO_KV_BF16)
         return pio_error_set(err, PIO_ERR_INVALID, "kv: unknown format %d", (int)c.format);
+    if (format_elem(m, c.format) == model_elem(m)) c.format = PIO_KV_MODEL_DTYPE; /* its own */
     if (c.attention > PIO_ATTN_SINK)
         return pio_error_set(err, PIO_ERR_INVALID, "kv: unknown attention %d", (int)c.attention);
     if (c.block_size < 0)
@@ -94,7 +107,7 @@ static pio_status normalize(const pio_model *m, const pio_kv_config *cfg, pio_kv
                              "kv: the paged layout, int8 KV and sliding/sink attention run on "
                              "the CPU only for now (the model is on '%s')",
                              pio_device_name(m->device));
-    pio_kv_elem e = c.format == PIO_KV_INT8 ? PIO_KV_ELEM_I8 : model_elem(m);
+    pio_kv_elem e = format_elem(m, c.format);
     if (c.layout == PIO_KV_CONTIGUOUS) {
         c.block_size = m->n_ctx;
         c.n_blocks = m->max_seqs;
@@ -126,8 +139,7 @@ pio_status pio_kv_bytes_for(const pio_model *m, const pio_kv_config *cfg, size_t
     pio_kv_config c;
     pio_status st = normalize(m, cfg, &c, err);
     if (st) return st;
-    pio_kv_elem e = c.format == PIO_KV_INT8 ? PIO_KV_ELEM_I8 : model_elem(m);
-    *bytes = (size_t)c.n_blocks * block_bytes(m, e, c.block_size);
+    *bytes = (size_t)c.n_blocks * block_bytes(m, format_elem(m, c.format), c.block_size);
     return PIO_OK;
 }
 
@@ -247,7 +259,7 @@ static pio_status build(pio_model *m, const pio_kv_config *cfg, pio_kv *kv, pio_
     pio_status st = normalize(m, cfg, &c, err);
     if (st) return st;
     *kv = (pio_kv){.cfg = c, .custom = !is_default(&c),
-                   .elem = c.format == PIO_KV_INT8 ? PIO_KV_ELEM_I8 : model_elem(m),
+                   .elem = format_elem(m, c.format),
                    .block = c.block_size, .n_blocks = c.n_blocks};
     kv->bytes_per_block = block_bytes(m, kv->elem, kv->block);
     kv->bytes = (size_t)kv->n_blocks * kv->bytes_per_block;
@@ -298,8 +310,7 @@ void pio_kv_free(pio_model *m) {
 }
 
 pio_status pio_model_kv_configure(pio_model *m, const pio_kv_config *cfg, pio_error *err) {
-    pio_kv_config c0 = cfg ? *cfg : (pio_kv_config){0};
-    if (m->device != PIO_DEVICE_CPU && is_default(&c0)) return PIO_OK; /* what it has */
+    if (m->device != PIO_DEVICE_CPU && pio_kv_config_is_default(m, cfg)) return PIO_OK; /* what it has */
     for (int32_t s = 0; s < m->max_seqs; s++)
         if (m->kv->seqs[s].len > 0 || m->kv->seqs[s].n_table > 0)
             return pio_error_set(err, PIO_ERR_INVALID,
@@ -631,7 +642,8 @@ pio_status pio_model_kv_stats(const pio_model *m, pio_kv_stats *out) {
                           .block_size = kv->block, .blocks_total = kv->n_blocks,
                           .bytes_per_block = kv->bytes_per_block, .bytes_total = kv->bytes,
                           .prefix_hits = kv->hits, .prefix_misses = kv->misses,
-                          .tokens_reused = kv->reused, .evictions = kv->evictions};
+                          .tokens_reused = kv->reused, .evictions = kv->evictions,
+                          .prefix_cache = kv->cfg.prefix_cache};
     if (paged(m)) {
         out->blocks_free = kv->n_free;
         out->blocks_cached = kv->n_cached;

@@ -364,9 +364,7 @@ pio_model *pio_model_load(const char *path, const pio_load_opts *opts_in, pio_er
     }
     if (st == PIO_OK) st = compute_inv_freq(m, err);
     /* The loader's tensors are the default cache; another layout is kv.c's. */
-    bool kv_default = opts.kv.layout == PIO_KV_CONTIGUOUS && opts.kv.format == PIO_KV_MODEL_DTYPE &&
-                      opts.kv.attention == PIO_ATTN_FULL;
-    if (st == PIO_OK && kv_default) st = alloc_kv_cache(m, err);
+    if (st == PIO_OK && pio_kv_config_is_default(m, &opts.kv)) st = alloc_kv_cache(m, err);
     if (st == PIO_OK) st = pio_kv_init(m, &opts.kv, err);
     if (st == PIO_OK && m->cuda) st = pio_model_cuda_prepare(m, err);
     if (st != PIO_OK) {

@@ -158,6 +158,23 @@ function M.allowance(dev, ratio)
   return math.max(1, limit) -- 0 would mean "no limit" to the loader
 end
 
+--- memory.kv_fits(model, bytes) → true, or false and a message with the numbers: whether
+-- the model's KV cache may become `bytes` under its device's budget (model:use asks before
+-- it reallocates the cache). A cache that shrinks, or no budget, always fits.
+function M.kv_fits(model, bytes)
+  local dev = models[model]
+  local b = dev and budgets[dev]
+  if not b then return true end
+  local now = model:info().kv_bytes
+  if bytes <= now then return true end
+  local used = usage(dev).used
+  if used - now + bytes <= b.bytes then return true end
+  return false, string.format(
+    "the KV cache would grow from %s to %s, %s more, but the %s budget (%s) has %s free",
+    M.format_bytes(now), M.format_bytes(bytes), M.format_bytes(bytes - now), dev, size_of(b),
+    M.format_bytes(math.max(0, b.bytes - used)))
+end
+
 --- Wraps the C loader: under a budget, a load gets max_bytes = what is left
 -- of it (unless the caller gives max_bytes), and every model loaded is counted.
 function M.wrap_load(load)

@@ -70,8 +70,11 @@ M.docs = {
   ["pio.Model:kv_configure"] = "m:kv_configure{ layout =, block =, blocks =, bytes =, format =, prefix =,\n"
     .. "attention =, window =, sink = }: reallocates the KV cache (what kv/attention strategies set)",
   ["pio.Model:kv_stats"] = "m:kv_stats() → layout, format, attention, block_size, blocks_total/used/cached/free,\n"
-    .. "bytes_per_block, bytes, prefix_hits, prefix_misses, tokens_reused, evictions",
+    .. "bytes_per_block, bytes, prefix, prefix_hits, prefix_misses, tokens_reused, evictions",
   ["pio.Model:seq_free"] = "m:seq_free(seq): empties a KV slot (0-based); its cached prefix blocks stay",
+  ["pio.Model:seq_reserve"] = "m:seq_reserve(seq, n) → true | nil, message: KV room for positions [0, n) of\n"
+    .. "slot seq (0-based) before running anything (out of KV blocks: nil and the numbers)",
+  ["pio.Model:kv_bytes"] = "m:kv_bytes([cfg]) → bytes the KV cache takes with cfg (m:kv_configure's keys), or now",
   ["pio.Model:save_sequence"] = "m:save_sequence(seq, path) → true | nil, message: the slot's tokens and KV",
   ["pio.Model:load_sequence"] = "m:load_sequence(seq, path) → positions | nil, message (another model or\n"
     .. "KV format is refused)",

@@ -263,16 +263,47 @@ end
 -- ---- model:use ----------------------------------------------------------------------
 
 local used = setmetatable({}, { __mode = "k" }) -- model -> { strategies in use order }
+local base = setmetatable({}, { __mode = "k" }) -- model -> its KV configuration before model:use
 local c_info, c_start = Model.info, Model.start -- the C methods this file wraps
 
--- What a model does without being told: these are reported by model:info().
-local function implicit(info)
-  return {
-    core.strategy("attention", "full"),
-    core.strategy("kv", "contiguous"),
-    core.strategy("precision", info.dtype),
-    core.strategy("parallel", "threads", { n = info.threads }),
-  }
+-- The KV configuration the cache has now (pio.load's kv option, model:kv_configure), in
+-- model:kv_configure's terms; the model's own dtype is format "model".
+local function current_kv(model, info)
+  local st = model:kv_stats()
+  local c = { layout = st.layout, format = st.format == info.dtype and "model" or st.format,
+              attention = st.attention }
+  if st.layout == "paged" then c.block, c.blocks, c.prefix = st.block_size, st.blocks_total, st.prefix or nil end
+  if st.attention ~= "full" then c.window = st.window end
+  if st.attention == "sink" then c.sink = st.sink end
+  return c
+end
+
+local function base_kv(model, info)
+  if not base[model] then base[model] = current_kv(model, info) end
+  return base[model]
+end
+
+-- What a model does without being told (the load's choices): reported by model:info().
+local function implicit(model, info)
+  local kv = base_kv(model, info)
+  local out = {}
+  if kv.attention == "sliding" then
+    out[#out + 1] = core.strategy("attention", "sliding", { window = kv.window })
+  elseif kv.attention == "sink" then
+    out[#out + 1] = core.strategy("attention", "sink", { sink = kv.sink, window = kv.window })
+  else
+    out[#out + 1] = core.strategy("attention", "full")
+  end
+  if kv.layout == "paged" then
+    out[#out + 1] = core.strategy("kv", "paged", { block = kv.block })
+    if kv.prefix then out[#out + 1] = core.strategy("kv", "prefix") end
+  else
+    out[#out + 1] = core.strategy("kv", "contiguous")
+  end
+  if kv.format == "int8" then out[#out + 1] = core.strategy("kv", "int8") end
+  out[#out + 1] = core.strategy("precision", info.dtype)
+  out[#out + 1] = core.strategy("parallel", "threads", { n = info.threads })
+  return out
 end
 
 -- Whether strategy s replaces an earlier one, old, of its family: sampling
@@ -286,14 +317,22 @@ local function replaces(old, s)
   return s.name == "contiguous" and layout[old.name] or old.name == "contiguous" and layout[s.name]
 end
 
--- The KV configuration (model:kv_configure) the kv and attention strategies in `list` ask for.
-local function kv_config(list)
-  local c = { layout = "contiguous", format = "model", attention = "full" }
+-- The KV configuration (model:kv_configure) the kv and attention strategies in `list` ask
+-- for, on top of `from` (what the model was loaded with).
+local function kv_config(list, from)
+  local c = {}
+  for k, v in pairs(from) do c[k] = v end
   for _, s in ipairs(list) do
-    if s.id == "kv.paged" then c.layout, c.block = "paged", s.params.block
-    elseif s.id == "kv.prefix" then c.layout, c.prefix = "paged", true
+    if s.id == "kv.contiguous" then c.layout, c.block, c.blocks, c.prefix = "contiguous", nil, nil, nil
+    elseif s.id == "kv.paged" then
+      if c.layout ~= "paged" or c.block ~= s.params.block then c.blocks = nil end
+      c.layout, c.block = "paged", s.params.block
+    elseif s.id == "kv.prefix" then
+      if c.layout ~= "paged" then c.layout, c.block, c.blocks = "paged", nil, nil end
+      c.prefix = true
     elseif s.id == "kv.int8" then c.format = "int8"
-    elseif s.id == "attention.sliding" then c.attention, c.window = "sliding", s.params.window
+    elseif s.id == "attention.full" then c.attention, c.window, c.sink = "full", nil, nil
+    elseif s.id == "attention.sliding" then c.attention, c.window, c.sink = "sliding", s.params.window, nil
     elseif s.id == "attention.sink" then
       c.attention, c.window, c.sink = "sink", s.params.window, s.params.sink
     end
@@ -302,7 +341,7 @@ local function kv_config(list)
 end
 
 local function same_config(a, b)
-  for _, k in ipairs { "layout", "block", "prefix", "format", "attention", "window", "sink" } do
+  for _, k in ipairs { "layout", "block", "blocks", "prefix", "format", "attention", "window", "sink" } do
     if a[k] ~= b[k] then return false end
   end
   return true
@@ -352,12 +391,16 @@ function Model.use(model, ...)
     end
     mine[#mine + 1] = s
   end
-  -- The KV cache is reallocated (models/kv.c) when its strategies change.
-  local cfg, old = kv_config(mine), kv_config(used[model] or {})
+  -- The KV cache is reallocated (models/kv.c) when its strategies change; a cache that
+  -- grows must fit the memory budget (lua/pio/memory.lua).
+  local from = base_kv(model, info)
+  local cfg, old = kv_config(mine, from), kv_config(used[model] or {}, from)
   if not same_config(cfg, old) then
+    local ok, why = require("pio.memory").kv_fits(model, model:kv_bytes(cfg))
+    if not ok then error("model:use: " .. why, 2) end
     -- what the cache holds goes: generations do not outlive a change of cache
     for seq = 0, info.max_seqs - 1 do model:seq_free(seq) end
-    local ok, why = model:kv_configure(cfg)
+    ok, why = model:kv_configure(cfg)
     if not ok then error("model:use: " .. tostring(why), 2) end
   end
   used[model] = mine
@@ -370,7 +413,7 @@ local function in_effect(model, info)
   local out, have = {}, {}
   for _, s in ipairs(mine) do have[s.family] = true end
   for _, family in ipairs(M.families) do
-    for _, s in ipairs(implicit(info)) do
+    for _, s in ipairs(implicit(model, info)) do
       if s.family == family and not have[family] then out[#out + 1] = s end
     end
     for _, s in ipairs(mine) do
@@ -394,7 +437,9 @@ function Model.info(model)
   info.strategies = names
   local kv = model:kv_stats()
   info.kv = { layout = kv.layout, format = kv.format, attention = kv.attention,
-              block_size = kv.block_size, blocks = kv.blocks_total, bytes = kv.bytes }
+              block_size = kv.block_size, blocks = kv.blocks_total, bytes = kv.bytes,
+              prefix = kv.prefix, window = kv.window > 0 and kv.window or nil,
+              sink = kv.attention == "sink" and kv.sink or nil }
   return info
 end
 

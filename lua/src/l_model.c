@@ -121,10 +121,91 @@ static int l_model_device(lua_State *L) {
     return 3;
 }
 
+/* One of `names` (NULL-terminated) at key of table t (absent: fallback), as its index. */
+static int kv_choice(lua_State *L, int t, const char *what, const char *key,
+                     const char *const *names, int fallback) {
+    lua_getfield(L, t, key);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return fallback;
+    }
+    const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    for (int i = 0; v && names[i]; i++)
+        if (strcmp(v, names[i]) == 0) {
+            lua_pop(L, 1);
+            return i;
+        }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int i = 0; names[i]; i++) {
+        if (i) luaL_addstring(&b, ", ");
+        luaL_addstring(&b, names[i]);
+    }
+    luaL_pushresult(&b);
+    if (v) luaL_error(L, "%s: unknown %s '%s' (known: %s)", what, key, v, lua_tostring(L, -1));
+    luaL_error(L, "%s: %s must be a string (known: %s), got %s", what, key, lua_tostring(L, -1),
+               luaL_typename(L, -2));
+    return -1;
+}
+
+/* An integer field >= lo (absent: 0). */
+static lua_Integer kv_int(lua_State *L, int t, const char *what, const char *key, lua_Integer lo,
+                          lua_Integer hi) {
+    lua_getfield(L, t, key);
+    lua_Integer v = 0;
+    if (!lua_isnil(L, -1)) {
+        int ok;
+        v = lua_tointegerx(L, -1, &ok);
+        if (!ok || lua_type(L, -1) != LUA_TNUMBER || v < lo || v > hi)
+            luaL_error(L, "%s: %s must be an integer in [%I, %I], got %s", what, key,
+                       (LUAI_UACINT)lo, (LUAI_UACINT)hi, luaL_tolstring(L, -1, NULL));
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* The KV cache's configuration from a Lua table (pio.load's kv option,
+ * model:kv_configure): {layout=, block=, blocks=, bytes=, format=, prefix=,
+ * attention=, window=, sink=}; unknown keys and values raise naming them. */
+static void read_kv_config(lua_State *L, int t, const char *what, pio_kv_config *c) {
+    static const char *const known[] = {"layout", "block", "blocks", "bytes", "format", "prefix",
+                                        "attention", "window", "sink", NULL};
+    static const char *const layouts[] = {"contiguous", "paged", NULL};
+    static const char *const formats[] = {"model", "int8", "f32", "bf16", NULL};
+    static const char *const attns[] = {"full", "sliding", "sink", NULL};
+    t = lua_absindex(L, t);
+    if (!lua_istable(L, t)) luaL_error(L, "%s: kv options must be a table, got %s", what, luaL_typename(L, t));
+    check_keys(L, t, what, known);
+    *c = (pio_kv_config){0};
+    c->layout = (pio_kv_layout)kv_choice(L, t, what, "layout", layouts, 0);
+    c->format = (pio_kv_format)kv_choice(L, t, what, "format", formats, 0);
+    c->attention = (pio_kv_attention)kv_choice(L, t, what, "attention", attns, 0);
+    c->block_size = (int32_t)kv_int(L, t, what, "block", 1, 1 << 20);
+    c->n_blocks = (int32_t)kv_int(L, t, what, "blocks", 1, INT32_MAX);
+    c->max_bytes = (size_t)kv_int(L, t, what, "bytes", 1, LUA_MAXINTEGER);
+    c->window = (int32_t)kv_int(L, t, what, "window", 1, INT32_MAX);
+    c->sink = (int32_t)kv_int(L, t, what, "sink", 0, INT32_MAX);
+    lua_getfield(L, t, "prefix");
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+        luaL_error(L, "%s: prefix must be a boolean, got %s", what, luaL_typename(L, -1));
+    c->prefix_cache = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    bool paged = c->layout == PIO_KV_PAGED;
+    if (!paged && (c->block_size || c->n_blocks || c->max_bytes || c->prefix_cache))
+        luaL_error(L, "%s: block, blocks, bytes and prefix need layout = 'paged'", what);
+    if (c->n_blocks && c->max_bytes) luaL_error(L, "%s: give blocks or bytes, not both", what);
+    if (c->attention == PIO_ATTN_FULL && (c->window || c->sink))
+        luaL_error(L, "%s: window and sink need attention = 'sliding' or 'sink'", what);
+    if (c->attention != PIO_ATTN_FULL && !c->window)
+        luaL_error(L, "%s: attention '%s' needs a window", what, attns[c->attention]);
+    if (c->attention == PIO_ATTN_SLIDING && c->sink)
+        luaL_error(L, "%s: sink needs attention = 'sink'", what);
+}
+
 /* The options of pio.load and pio.estimate. `what` names the caller in messages. */
 static void read_load_opts(lua_State *L, int arg, const char *what, pio_load_opts *opts) {
     static const char *const known[] = {"dtype", "device", "threads", "ctx", "max_seqs",
-                                        "synthetic", "seed", "progress", "max_bytes", NULL};
+                                        "synthetic", "seed", "progress", "max_bytes", "kv", NULL};
     check_keys(L, arg, what, known);
     *opts = pio_load_opts_default();
     const char *dtype = opt_str(L, arg, "dtype", "bf16");
@@ -146,6 +227,15 @@ static void read_load_opts(lua_State *L, int arg, const char *what, pio_load_opt
     if (max_bytes < 0) luaL_error(L, "%s: max_bytes must be >= 0 (0: no limit)", what);
     opts->max_bytes = (size_t)max_bytes;
     if (opt_bool(L, arg, "progress", isatty(STDERR_FILENO))) opts->progress = progress_to_stderr;
+    if (!lua_isnoneornil(L, arg)) {
+        lua_getfield(L, arg, "kv");
+        if (!lua_isnil(L, -1)) {
+            char kv_what[64];
+            snprintf(kv_what, sizeof kv_what, "%s: kv", what);
+            read_kv_config(L, -1, kv_what, &opts->kv);
+        }
+        lua_pop(L, 1);
+    }
 }
 
 /* pio.load(path, {dtype=, device=, threads=, ctx=, max_seqs=, synthetic=, seed=, progress=,
@@ -326,42 +416,29 @@ static int m_save(lua_State *L) {
 /* ---- the KV cache (pio/kv.h) --------------------------------------------------- */
 
 /* model:kv_configure{layout=, block=, blocks=, bytes=, format=, prefix=, attention=,
- * window=, sink=}: what lua/pio/strategy.lua's kv and attention strategies set. */
+ * window=, sink=}: what lua/pio/strategy.lua's kv and attention strategies set. Does not
+ * look at the memory budget (model:use does: lua/pio/memory.lua). */
 static int m_kv_configure(lua_State *L) {
     pio_model *m = check_model(L, 1);
-    static const char *const known[] = {"layout", "block", "blocks", "bytes", "format", "prefix",
-                                        "attention", "window", "sink", NULL};
-    luaL_checktype(L, 2, LUA_TTABLE);
-    check_keys(L, 2, "model:kv_configure", known);
-    static const char *const layouts[] = {"contiguous", "paged", NULL};
-    static const char *const formats[] = {"model", "int8", NULL};
-    static const char *const attns[] = {"full", "sliding", "sink", NULL};
-    const char *layout = opt_str(L, 2, "layout", "contiguous");
-    const char *format = opt_str(L, 2, "format", "model");
-    const char *attn = opt_str(L, 2, "attention", "full");
-    int li = -1, fi = -1, ai = -1;
-    for (int i = 0; layouts[i]; i++) li = strcmp(layout, layouts[i]) ? li : i;
-    for (int i = 0; formats[i]; i++) fi = strcmp(format, formats[i]) ? fi : i;
-    for (int i = 0; attns[i]; i++) ai = strcmp(attn, attns[i]) ? ai : i;
-    if (li < 0) return luaL_error(L, "model:kv_configure: unknown layout '%s' (known: contiguous, paged)", layout);
-    if (fi < 0) return luaL_error(L, "model:kv_configure: unknown format '%s' (known: model, int8)", format);
-    if (ai < 0) return luaL_error(L, "model:kv_configure: unknown attention '%s' (known: full, sliding, sink)", attn);
-    lua_Integer block = opt_int(L, 2, "block", 0), blocks = opt_int(L, 2, "blocks", 0);
-    lua_Integer bytes = opt_int(L, 2, "bytes", 0), window = opt_int(L, 2, "window", 0);
-    lua_Integer sink = opt_int(L, 2, "sink", 0);
-    if (block < 0 || block > INT32_MAX || blocks < 0 || blocks > INT32_MAX || bytes < 0 ||
-        window < 0 || window > INT32_MAX || sink < 0 || sink > INT32_MAX)
-        return luaL_error(L, "model:kv_configure: block, blocks, bytes, window and sink must be "
-                          ">= 0 (block %d, blocks %d, window %d, sink %d)", (int)block,
-                          (int)blocks, (int)window, (int)sink);
-    pio_kv_config c = {.layout = (pio_kv_layout)li, .block_size = (int32_t)block,
-                       .n_blocks = (int32_t)blocks, .max_bytes = (size_t)bytes,
-                       .format = (pio_kv_format)fi, .prefix_cache = opt_bool(L, 2, "prefix", false),
-                       .attention = (pio_kv_attention)ai, .window = (int32_t)window,
-                       .sink = (int32_t)sink};
+    pio_kv_config c;
+    read_kv_config(L, 2, "model:kv_configure", &c);
     pio_error err;
     if (pio_model_kv_configure(m, &c, &err)) return pio_lua_fail(L, &err);
     lua_settop(L, 1);
+    return 1;
+}
+
+/* model:kv_bytes([cfg]) → the bytes the cache would take with cfg (the current one when
+ * absent), as pio.estimate counts them. */
+static int m_kv_bytes(lua_State *L) {
+    pio_model *m = check_model(L, 1);
+    pio_kv_config c;
+    if (!lua_isnoneornil(L, 2)) read_kv_config(L, 2, "model:kv_bytes", &c);
+    size_t bytes;
+    pio_error err;
+    if (pio_model_kv_bytes(m, lua_isnoneornil(L, 2) ? NULL : &c, &bytes, &err))
+        return pio_lua_fail(L, &err);
+    lua_pushinteger(L, (lua_Integer)bytes);
     return 1;
 }
 
@@ -375,6 +452,7 @@ static int m_kv_stats(lua_State *L) {
     lua_pushstring(L, s.layout), lua_setfield(L, -2, "layout");
     lua_pushstring(L, s.format), lua_setfield(L, -2, "format");
     lua_pushstring(L, s.attention), lua_setfield(L, -2, "attention");
+    lua_pushboolean(L, s.prefix_cache), lua_setfield(L, -2, "prefix");
 #define KV_INT(name, v) (lua_pushinteger(L, (lua_Integer)(v)), lua_setfield(L, -2, name))
     KV_INT("window", s.window), KV_INT("sink", s.sink), KV_INT("block_size", s.block_size);
     KV_INT("blocks_total", s.blocks_total), KV_INT("blocks_used", s.blocks_used);
@@ -386,10 +464,37 @@ static int m_kv_stats(lua_State *L) {
     return 1;
 }
 
+/* The slot at arg: an integer in [0, max_seqs). */
+static int32_t check_slot(lua_State *L, pio_model *m, int arg) {
+    lua_Integer seq = luaL_checkinteger(L, arg);
+    pio_model_info i;
+    pio_model_get_info(m, &i);
+    if (seq < 0 || seq >= i.max_seqs)
+        luaL_error(L, "sequence slot %I is outside [0, %d) (slots are 0-based; load with max_seqs "
+                   "for more)", (LUAI_UACINT)seq, (int)i.max_seqs);
+    return (int32_t)seq;
+}
+
 /* model:seq_free(seq): empties a slot (0-based, as pio_batch). */
 static int m_seq_free(lua_State *L) {
-    pio_model_seq_free(check_model(L, 1), (int32_t)luaL_checkinteger(L, 2));
+    pio_model *m = check_model(L, 1);
+    pio_model_seq_free(m, check_slot(L, m, 2));
     return 0;
+}
+
+/* model:seq_reserve(seq, n_positions) → true, or nil, message (out of KV blocks): room
+ * for positions [0, n) in the slot before running anything (pio_model_seq_reserve). */
+static int m_seq_reserve(lua_State *L) {
+    pio_model *m = check_model(L, 1);
+    int32_t seq = check_slot(L, m, 2);
+    lua_Integer n = luaL_checkinteger(L, 3);
+    if (n < 0 || n > INT32_MAX)
+        return luaL_error(L, "seq_reserve: positions must be in [0, %d], got %I", INT32_MAX,
+                          (LUAI_UACINT)n);
+    pio_error err;
+    if (pio_model_seq_reserve(m, seq, (int32_t)n, &err)) return pio_lua_fail(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 /* model:save_sequence(seq, path), model:load_sequence(seq, path): checkpoints. */
@@ -648,7 +753,8 @@ void pio_lua_open_model(lua_State *L) {
         {"surgery", m_surgery},
         {"bench_forward", m_bench_forward}, {"bench_decode", m_bench_decode},
         {"decode_bytes", m_decode_bytes}, {"save", m_save},
-        {"kv_configure", m_kv_configure}, {"kv_stats", m_kv_stats}, {"seq_free", m_seq_free},
+        {"kv_configure", m_kv_configure}, {"kv_stats", m_kv_stats}, {"kv_bytes", m_kv_bytes},
+        {"seq_free", m_seq_free}, {"seq_reserve", m_seq_reserve},
         {"save_sequence", m_save_sequence}, {"load_sequence", m_load_sequence},
         {NULL, NULL},
     };

@@ -178,7 +178,7 @@ describe("pio.load #qwen3", function()
 
   it("rejects unknown options and bad option values", function()
     assert.has_error(function() pio.load(tiny, { dtpye = "f32" }) end,
-      "pio.load: unknown option 'dtpye' (known: dtype, device, threads, ctx, max_seqs, synthetic, seed, progress, max_bytes)")
+      "pio.load: unknown option 'dtpye' (known: dtype, device, threads, ctx, max_seqs, synthetic, seed, progress, max_bytes, kv)")
     assert.has_error(function() pio.load(tiny, { dtype = "f16" }) end,
       "pio.load: dtype must be 'f32' or 'bf16', got 'f16'")
     assert.has_error(function() pio.load(tiny, { device = "tpu" }) end,

@@ -43,6 +43,8 @@ typedef enum pio_kv_layout { PIO_KV_CONTIGUOUS = 0, PIO_KV_PAGED } pio_kv_layout
 typedef enum pio_kv_format {
     PIO_KV_MODEL_DTYPE = 0, /* f32 in the reference mode, bf16 otherwise (as transformers) */
     PIO_KV_INT8,            /* int8 with an f32 scale per (position, kv head) */
+    PIO_KV_F32,             /* f32 whatever the model's dtype (the model's own: as MODEL_DTYPE) */
+    PIO_KV_BF16,            /* bf16 whatever the model's dtype */
 } pio_kv_format;
 
 typedef enum pio_kv_attention {
@@ -83,6 +85,7 @@ typedef struct pio_kv_stats {
     int64_t prefix_misses;  /* reuse_prefix calls (prefix caching on) that found none */
     int64_t tokens_reused;  /* positions attached instead of computed */
     int64_t evictions;      /* cached blocks handed out again */
+    bool prefix_cache;      /* prefix caching on */
 } pio_kv_stats;
 
 /* The bytes a configuration takes for this model (as pio_model_kv_stats would
@@ -97,6 +100,10 @@ pio_status pio_model_kv_bytes(const pio_model *m, const pio_kv_config *cfg, size
  * and windowed attention so far: on another device they are
  * PIO_ERR_UNSUPPORTED. */
 pio_status pio_model_kv_configure(pio_model *m, const pio_kv_config *cfg, pio_error *err);
+
+/* Whether cfg is the loader's default cache for this model: contiguous, full
+ * attention, in the model's dtype (PIO_KV_F32 on an f32 model counts). */
+bool pio_kv_config_is_default(const pio_model *m, const pio_kv_config *cfg);
 
 /* The configuration in effect (defaults filled in: block_size, n_blocks). */
 void pio_model_kv_config_get(const pio_model *m, pio_kv_config *out);
