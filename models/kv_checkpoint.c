@@ -230,3 +230,109 @@ pio_status pio_model_seq_load(pio_model *m, int32_t seq, const char *path, pio_e
     fclose(f);
     return st;
 }
+
+/* ---- swap to host memory ----------------------------------------------------------
+ * The checkpoint's layout in one buffer: tokens [len], present [len], then per
+ * layer, per present position, K, V (and the int8 scales) rows. */
+
+struct pio_kv_swap {
+    int32_t len, n_layer, elem;
+    size_t bytes; /* of data */
+    int32_t *tokens;
+    uint8_t *present;
+    char *rows;
+    char data[];
+};
+
+pio_kv_swap *pio_model_seq_swap_out(pio_model *m, int32_t seq, pio_error *err) {
+    if (seq < 0 || seq >= m->max_seqs) {
+        pio_error_set(err, PIO_ERR_RANGE, "sequence slot %d is outside [0, %d)", seq, m->max_seqs);
+        return NULL;
+    }
+    if (m->device != PIO_DEVICE_CPU) {
+        pio_error_set(err, PIO_ERR_UNSUPPORTED, "swapping KV to host memory runs on the CPU only for now");
+        return NULL;
+    }
+    const pio_kv_seq *s = &m->kv->seqs[seq];
+    if (s->len == 0) {
+        pio_error_set(err, PIO_ERR_INVALID, "sequence %d is empty: nothing to swap out", seq);
+        return NULL;
+    }
+    const int parts = m->kv->elem == PIO_KV_ELEM_I8 ? 4 : 2;
+    size_t per_pos = 0, n;
+    for (int w = 0; w < parts; w++) row_bytes(m, 0, w, 0, &n), per_pos += n;
+    int32_t held = 0;
+    for (int32_t p = 0; p < s->len; p++) held += row_of(m, seq, p) >= 0;
+    size_t head = (size_t)s->len * (sizeof(int32_t) + 1);
+    head = (head + 15) & ~(size_t)15;
+    size_t bytes = head + (size_t)m->hp.n_layer * (size_t)held * per_pos;
+    pio_kv_swap *sw = malloc(sizeof *sw + bytes);
+    if (!sw) {
+        pio_error_set(err, PIO_ERR_OOM, "out of host memory swapping out sequence %d (%zu bytes)",
+                      seq, bytes);
+        return NULL;
+    }
+    *sw = (pio_kv_swap){.len = s->len, .n_layer = m->hp.n_layer, .elem = (int32_t)m->kv->elem,
+                        .bytes = bytes};
+    sw->tokens = (int32_t *)sw->data;
+    sw->present = (uint8_t *)(sw->tokens + s->len);
+    sw->rows = sw->data + head;
+    memcpy(sw->tokens, s->tokens, (size_t)s->len * sizeof *sw->tokens);
+    for (int32_t p = 0; p < s->len; p++) sw->present[p] = row_of(m, seq, p) >= 0;
+    char *out = sw->rows;
+    for (int l = 0; l < m->hp.n_layer; l++)
+        for (int32_t p = 0; p < s->len; p++) {
+            int64_t row = row_of(m, seq, p);
+            for (int w = 0; row >= 0 && w < parts; w++) {
+                const char *b = row_bytes(m, l, w, row, &n);
+                memcpy(out, b, n);
+                out += n;
+            }
+        }
+    pio_model_seq_free(m, seq);
+    return sw;
+}
+
+pio_status pio_model_seq_swap_in(pio_model *m, int32_t seq, const pio_kv_swap *sw, pio_error *err) {
+    if (seq < 0 || seq >= m->max_seqs)
+        return pio_error_set(err, PIO_ERR_RANGE, "sequence slot %d is outside [0, %d)", seq,
+                             m->max_seqs);
+    if (sw->elem != (int32_t)m->kv->elem || sw->n_layer != m->hp.n_layer)
+        return pio_error_set(err, PIO_ERR_INVALID,
+                             "the KV cache changed since the sequence was swapped out (%s KV, "
+                             "%d layers then; %s, %d now)", elem_name(sw->elem), sw->n_layer,
+                             elem_name((int32_t)m->kv->elem), m->hp.n_layer);
+    pio_model_seq_free(m, seq);
+    pio_status st = pio_model_seq_reserve(m, seq, sw->len, err);
+    if (st) return st;
+    pio_kv_seq *s = &m->kv->seqs[seq];
+    if (s->cap_tokens < sw->len) {
+        int32_t *t = realloc(s->tokens, sizeof *t * (size_t)sw->len);
+        if (!t) {
+            pio_model_seq_free(m, seq);
+            return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+        }
+        s->tokens = t;
+        s->cap_tokens = sw->len;
+    }
+    memcpy(s->tokens, sw->tokens, sizeof *s->tokens * (size_t)sw->len);
+    s->len = sw->len;
+    const int parts = m->kv->elem == PIO_KV_ELEM_I8 ? 4 : 2;
+    const char *in = sw->rows;
+    for (int l = 0; l < m->hp.n_layer; l++)
+        for (int32_t p = 0; p < sw->len; p++) {
+            if (!sw->present[p]) continue;
+            int64_t row = row_of(m, seq, p);
+            for (int w = 0; w < parts; w++) {
+                size_t n;
+                char *b = row >= 0 ? row_bytes(m, l, w, row, &n) : (row_bytes(m, l, w, 0, &n), NULL);
+                if (b) memcpy(b, in, n); /* else out of the window now (as in a checkpoint) */
+                in += n;
+            }
+        }
+    return PIO_OK;
+}
+
+size_t pio_kv_swap_bytes(const pio_kv_swap *sw) { return sw ? sizeof *sw + sw->bytes : 0; }
+int32_t pio_kv_swap_length(const pio_kv_swap *sw) { return sw ? sw->len : 0; }
+void pio_kv_swap_free(pio_kv_swap *sw) { free(sw); }

@@ -1,5 +1,6 @@
 /* Continuous batching (pio/scheduler.h): one batch per step from every
- * running sequence, admission between steps, preemption by recompute. */
+ * running sequence, admission between steps, preemption by recompute or by
+ * swapping the KV to host memory. */
 #include "pio/scheduler.h"
 
 #include <stdlib.h>
@@ -18,6 +19,7 @@ typedef struct seq {
     int64_t admitted;     /* admission stamp: the largest is the newest (the victim) */
     bool registered;      /* its prefix went to the prefix cache since admission */
     bool decoding;        /* its KV holds all but its last sampled token */
+    pio_kv_swap *swap;    /* preempted by swap: its KV in host memory */
     const char *reason;   /* stop reason once done */
     char *error;          /* message when reason is "error" */
     char *text;           /* everything streamed */
@@ -36,6 +38,7 @@ typedef struct plan {
 struct pio_scheduler {
     pio_model *m;
     int32_t max_batch, max_tokens;
+    pio_preempt_mode preempt;
     seq **seqs;           /* by id; NULL once released */
     size_t n_seqs, cap_seqs, first_live; /* ids below first_live are done or released */
     int32_t *slot_owner;  /* [max_seqs]: id, or -1 when free */
@@ -58,6 +61,11 @@ const char *pio_seq_status_name(pio_seq_status s) {
 
 pio_scheduler *pio_scheduler_new(pio_model *m, const pio_sched_opts *opts, pio_error *err) {
     pio_sched_opts o = opts ? *opts : (pio_sched_opts){0};
+    if (o.preempt != PIO_PREEMPT_RECOMPUTE && o.preempt != PIO_PREEMPT_SWAP) {
+        pio_error_set(err, PIO_ERR_INVALID, "unknown preemption mode %d (recompute 0, swap 1)",
+                      (int)o.preempt);
+        return NULL;
+    }
     if (o.max_batch < 0 || o.max_tokens < 0) {
         pio_error_set(err, PIO_ERR_INVALID, "max_batch and max_tokens must be >= 1, got %d and %d",
                       o.max_batch, o.max_tokens);
@@ -74,6 +82,7 @@ pio_scheduler *pio_scheduler_new(pio_model *m, const pio_sched_opts *opts, pio_e
     s->m = m;
     s->max_batch = o.max_batch ? o.max_batch : m->max_seqs;
     s->max_tokens = o.max_tokens ? o.max_tokens : PIO_PROMPT_CHUNK;
+    s->preempt = o.preempt;
     size_t T = (size_t)s->max_tokens, B = (size_t)s->max_batch;
     s->slot_owner = malloc((size_t)m->max_seqs * sizeof *s->slot_owner);
     s->tok = malloc(T * sizeof *s->tok);
@@ -92,8 +101,17 @@ oom:
     return NULL;
 }
 
+/* Lets go of a swapped-out copy (resumed, finished, or given up). */
+static void drop_swap(pio_scheduler *s, seq *q) {
+    if (!q->swap) return;
+    s->stats.swap_held_bytes -= (int64_t)pio_kv_swap_bytes(q->swap);
+    pio_kv_swap_free(q->swap);
+    q->swap = NULL;
+}
+
 static void free_seq(seq *q) {
     if (!q) return;
+    pio_kv_swap_free(q->swap);
     pio_generation_free(q->g);
     free(q->error);
     free(q->text);
@@ -176,6 +194,7 @@ static bool append_text(seq *q, const char *text, size_t len) {
 
 static void finish_seq(pio_scheduler *s, seq *q, const char *reason) {
     drop_slot(s, q);
+    drop_swap(s, q);
     q->status = PIO_SEQ_DONE;
     q->reason = reason;
     q->finished = pio_now();
@@ -264,6 +283,32 @@ static void admit(pio_scheduler *s, pio_error *err) {
         size_t n, n_prompt;
         const int32_t *tokens = pio_generation_all_tokens(q->g, &n, &n_prompt);
         if (running > 0 && !room_for(s, slot, (int32_t)n + 1)) return;
+        if (q->swap) { /* its KV back from host memory, or (no room even alone) recompute */
+            double t0 = pio_now();
+            pio_status st = pio_model_seq_swap_in(s->m, slot, q->swap, err);
+            s->stats.swap_seconds += pio_now() - t0;
+            if (st == PIO_ERR_OOM && running > 0) return; /* wait for room, first come first */
+            if (st == PIO_OK) {
+                q->computed = pio_kv_swap_length(q->swap);
+                s->stats.swaps_in++;
+                s->stats.swapped_in_bytes += (int64_t)pio_kv_swap_bytes(q->swap);
+            } else {
+                q->decoding = false; /* recompute it all */
+            }
+            drop_swap(s, q);
+            q->slot = slot;
+            s->slot_owner[slot] = q->id;
+            q->status = PIO_SEQ_RUNNING;
+            q->admitted = ++s->clock;
+            if (st != PIO_OK) {
+                q->registered = false;
+                q->computed = pio_model_seq_reuse_prefix(s->m, slot, tokens, (int32_t)n);
+                q->reused += q->computed;
+                s->stats.reused_tokens += q->computed;
+            }
+            running++;
+            continue;
+        }
         q->slot = slot;
         s->slot_owner[slot] = q->id;
         q->status = PIO_SEQ_RUNNING;
@@ -276,10 +321,25 @@ static void admit(pio_scheduler *s, pio_error *err) {
     }
 }
 
-/* Recompute preemption: the sequence loses its slot and KV, keeps its tokens. */
+/* Preemption: the sequence gives its slot back and keeps its tokens. By
+ * swap, its KV goes to host memory first (and it stays decoding); by
+ * recompute, or when the copy cannot be made, the KV is dropped. */
 static void preempt(pio_scheduler *s, seq *q) {
+    if (s->preempt == PIO_PREEMPT_SWAP && q->computed > 0 &&
+        pio_model_seq_length(s->m, q->slot) == q->computed) {
+        pio_error e;
+        double t0 = pio_now();
+        q->swap = pio_model_seq_swap_out(s->m, q->slot, &e);
+        s->stats.swap_seconds += pio_now() - t0;
+        if (q->swap) {
+            int64_t bytes = (int64_t)pio_kv_swap_bytes(q->swap);
+            s->stats.swaps_out++;
+            s->stats.swapped_out_bytes += bytes;
+            s->stats.swap_held_bytes += bytes;
+        }
+    }
     drop_slot(s, q);
-    q->decoding = false;
+    if (!q->swap) q->decoding = false;
     q->status = PIO_SEQ_PREEMPTED;
     q->preemptions++;
     s->stats.preemptions++;
@@ -474,6 +534,7 @@ void pio_scheduler_release(pio_scheduler *s, int32_t id) {
     seq *q = find(s, id);
     if (!q) return;
     drop_slot(s, q);
+    drop_swap(s, q);
     free_seq(q);
     s->seqs[id] = NULL;
 }

@@ -10,7 +10,8 @@
 -- Each step runs one batch: the next token of every running sequence plus
 -- chunks of new prompts, up to max_tokens tokens and max_batch sequences
 -- (at most the model's max_seqs, its default). When the KV cache runs out of
--- room the newest sequence is preempted and later recomputed (models/scheduler.c).
+-- room the newest sequence is preempted and later recomputed, or with
+-- preempt = "swap" its KV waits in host memory (models/scheduler.c).
 -- Callbacks run after the batch, in batch order; an error in one is raised
 -- from step() once every event of the step has been delivered.
 local core = require "pio.core"
@@ -33,19 +34,26 @@ local function check_count(what, key, v)
   return v
 end
 
---- pio.scheduler(model, { max_batch =, max_tokens = }) → a scheduler.
+--- pio.scheduler(model, { max_batch =, max_tokens =, preempt = "recompute" | "swap" }) →
+-- a scheduler. preempt: what a sequence preempted for KV room loses: its KV, recomputed
+-- when it resumes (the default), or nothing, its KV copied to host memory and back ("swap").
 function M.new(model, opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("pio.scheduler: options must be a table", 2) end
   for k in pairs(opts) do
-    if k ~= "max_batch" and k ~= "max_tokens" then
-      error(string.format("pio.scheduler: unknown option '%s' (known: max_batch, max_tokens)",
+    if k ~= "max_batch" and k ~= "max_tokens" and k ~= "preempt" then
+      error(string.format("pio.scheduler: unknown option '%s' (known: max_batch, max_tokens, preempt)",
                           tostring(k)), 2)
     end
   end
   local max_batch = check_count("pio.scheduler", "max_batch", opts.max_batch)
   local max_tokens = check_count("pio.scheduler", "max_tokens", opts.max_tokens)
-  local ok, c = pcall(core.scheduler, model, max_batch, max_tokens)
+  local preempt = opts.preempt or "recompute"
+  if preempt ~= "recompute" and preempt ~= "swap" then
+    error(string.format("pio.scheduler: preempt must be 'recompute' or 'swap', got %s",
+                        type(preempt) == "string" and ("'" .. preempt .. "'") or tostring(preempt)), 2)
+  end
+  local ok, c = pcall(core.scheduler, model, max_batch, max_tokens, preempt)
   if not ok then error("pio.scheduler: " .. tostring(c), 2) end
   return setmetatable({
     core = c, model = model,
@@ -124,7 +132,8 @@ function Scheduler:run()
 end
 
 --- s:stats() → steps, batch_tokens, prompt_tokens, generated_tokens,
--- reused_tokens, preemptions, running, waiting, forward_seconds, and handles:
+-- reused_tokens, preemptions, swaps_out, swaps_in, swapped_out_bytes, swapped_in_bytes,
+-- swap_held_bytes, swap_seconds, running, waiting, forward_seconds, and handles:
 -- per handle kept alive { id, status, tokens, ttft, tpot, preemptions,
 -- reused_tokens } (ttft, tpot in seconds; nil until known).
 function Scheduler:stats()

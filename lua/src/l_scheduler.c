@@ -21,11 +21,14 @@ static pio_scheduler *check_scheduler(lua_State *L, int arg) {
     return box->s;
 }
 
-/* core.scheduler(model, max_batch, max_tokens) (0: defaults; lua/pio/scheduler.lua checks). */
+/* core.scheduler(model, max_batch, max_tokens, preempt) (0: defaults; preempt "recompute"
+ * or "swap"; lua/pio/scheduler.lua checks). */
 static int l_scheduler(lua_State *L) {
+    static const char *const modes[] = {"recompute", "swap", NULL};
     pio_model *m = pio_lua_check_model(L, 1);
     pio_sched_opts o = {.max_batch = (int32_t)luaL_optinteger(L, 2, 0),
-                        .max_tokens = (int32_t)luaL_optinteger(L, 3, 0)};
+                        .max_tokens = (int32_t)luaL_optinteger(L, 3, 0),
+                        .preempt = (pio_preempt_mode)luaL_checkoption(L, 4, "recompute", modes)};
     scheduler_box *box = lua_newuserdatauv(L, sizeof *box, 1);
     box->s = NULL;
     luaL_setmetatable(L, SCHEDULER_MT);
@@ -131,13 +134,19 @@ static int s_release(lua_State *L) {
 static int s_stats(lua_State *L) {
     pio_sched_stats st;
     pio_scheduler_stats(check_scheduler(L, 1), &st);
-    lua_createtable(L, 0, 9);
+    lua_createtable(L, 0, 15);
     SET_INT("steps", st.steps);
     SET_INT("batch_tokens", st.batch_tokens);
     SET_INT("prompt_tokens", st.prompt_tokens);
     SET_INT("generated_tokens", st.generated_tokens);
     SET_INT("reused_tokens", st.reused_tokens);
     SET_INT("preemptions", st.preemptions);
+    SET_INT("swaps_out", st.swaps_out);
+    SET_INT("swaps_in", st.swaps_in);
+    SET_INT("swapped_out_bytes", st.swapped_out_bytes);
+    SET_INT("swapped_in_bytes", st.swapped_in_bytes);
+    SET_INT("swap_held_bytes", st.swap_held_bytes);
+    SET_NUM("swap_seconds", st.swap_seconds);
     SET_INT("running", st.running);
     SET_INT("waiting", st.waiting);
     SET_NUM("forward_seconds", st.forward_seconds);

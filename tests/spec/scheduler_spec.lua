@@ -1,6 +1,6 @@
 -- pio.scheduler and model:generate_batch: continuous batching gives each
 -- sequence what it gets alone, streams in order, cancels, survives bad input
--- and failing callbacks, preempts when the KV pool runs out.
+-- and failing callbacks, preempts when the KV pool runs out (recompute or swap).
 local pio = require "pio"
 
 local fixtures = os.getenv("PIO_FIXTURES") or "tests/fixtures"
@@ -110,7 +110,11 @@ describe("pio.scheduler #qwen3", function()
     assert.has_error(function() pio.scheduler(m, { max_batch = 3 }) end,
       "pio.scheduler: max_batch 3 exceeds the model's 2 sequence slots (load it with max_seqs = 3)")
     assert.has_error(function() pio.scheduler(m, { batch = 2 }) end,
-      "pio.scheduler: unknown option 'batch' (known: max_batch, max_tokens)")
+      "pio.scheduler: unknown option 'batch' (known: max_batch, max_tokens, preempt)")
+    assert.has_error(function() pio.scheduler(m, { preempt = "drop" }) end,
+      "pio.scheduler: preempt must be 'recompute' or 'swap', got 'drop'")
+    assert.has_error(function() pio.scheduler(m, { preempt = true }) end,
+      "pio.scheduler: preempt must be 'recompute' or 'swap', got true")
     local s = pio.scheduler(m, { max_tokens = 4 })
     assert.has_error(function() s:submit("", GREEDY) end, "submit: the prompt is empty")
     assert.has_error(function() s:submit("Hello", { max_tokens = 4, temprature = 0 }) end,
@@ -161,6 +165,37 @@ describe("pio.scheduler #qwen3", function()
     assert.equal(0, kv.stats(m).blocks_used)
     assert.has_error(function() kv.configure(m, { layout = "pages" }) end,
       "KV layout must be 'contiguous' or 'paged', got 'pages'")
+    m:free()
+  end)
+
+  it("preempts by swapping KV to host memory: the texts of recompute and of running alone", function()
+    local m = load(4)
+    local want = {}
+    for i, p in ipairs(PROMPTS) do want[i] = alone(m, p) end
+    m:seq_free(0) -- what model:generate left in slot 0
+    m:kv_configure { layout = "paged", block = 4, blocks = 12 }
+    local stats = {}
+    for _, mode in ipairs { "recompute", "swap" } do
+      local s = pio.scheduler(m, { max_tokens = 16, preempt = mode })
+      local hs = {}
+      for i, p in ipairs(PROMPTS) do hs[i] = s:submit(p, GREEDY) end
+      s:run()
+      for i, h in ipairs(hs) do assert.equal(want[i], h:text(), mode .. ": prompt " .. i) end
+      stats[mode] = s:stats()
+      s:close()
+      assert.equal(0, m:kv_stats().blocks_used)
+    end
+    local rc, sw = stats.recompute, stats.swap
+    assert.is_true(rc.preemptions > 0 and sw.preemptions > 0)
+    assert.same({ 0, 0, 0 }, { rc.swaps_out, rc.swapped_out_bytes, rc.swap_held_bytes })
+    assert.is_true(sw.swaps_out > 0 and sw.swaps_in == sw.swaps_out, sw.swaps_out .. " out, " .. sw.swaps_in .. " in")
+    -- every swap's rows: 3 layers, 2 kv heads of 32, K and V in f32, per position held
+    assert.is_true(sw.swapped_out_bytes >= sw.swaps_out * 3 * 2 * 2 * 32 * 4)
+    assert.equal(sw.swapped_out_bytes, sw.swapped_in_bytes)
+    assert.equal(0, sw.swap_held_bytes)
+    -- nothing recomputed: fewer tokens through the model than recompute needed
+    assert.is_true(sw.prompt_tokens < rc.prompt_tokens and sw.batch_tokens < rc.batch_tokens,
+      ("swap %d/%d, recompute %d/%d"):format(sw.prompt_tokens, sw.batch_tokens, rc.prompt_tokens, rc.batch_tokens))
     m:free()
   end)
 

@@ -149,6 +149,25 @@ void pio_model_seq_register_prefix(pio_model *m, int32_t seq, const int32_t *tok
 pio_status pio_model_seq_save(const pio_model *m, int32_t seq, const char *path, pio_error *err);
 pio_status pio_model_seq_load(pio_model *m, int32_t seq, const char *path, pio_error *err);
 
+/* Swap to host memory (the scheduler's swap preemption): a slot's tokens and
+ * the KV rows it holds copied into one host buffer, restored later into an
+ * empty slot byte for byte, so nothing is recomputed. */
+typedef struct pio_kv_swap pio_kv_swap;
+
+/* Copies slot seq out, then empties the slot. NULL with err when the slot is
+ * empty (PIO_ERR_INVALID) or host memory runs out (PIO_ERR_OOM; the slot is
+ * left as it was). */
+pio_kv_swap *pio_model_seq_swap_out(pio_model *m, int32_t seq, pio_error *err);
+
+/* Restores sw into slot seq (emptied first). PIO_ERR_OOM "out of KV blocks"
+ * when the pool has no room (nothing changed; try later); PIO_ERR_INVALID when
+ * the cache was reconfigured to another KV format since. sw stays valid. */
+pio_status pio_model_seq_swap_in(pio_model *m, int32_t seq, const pio_kv_swap *sw, pio_error *err);
+
+size_t pio_kv_swap_bytes(const pio_kv_swap *sw);  /* host bytes it holds */
+int32_t pio_kv_swap_length(const pio_kv_swap *sw); /* positions (the slot's length) */
+void pio_kv_swap_free(pio_kv_swap *sw);
+
 /* The token ids the slot holds, positions [0, length) (borrowed, valid until
  * the slot changes; NULL when empty). */
 const int32_t *pio_model_seq_tokens(const pio_model *m, int32_t seq, int32_t *n);

@@ -10,9 +10,13 @@
  *
  * KV room (pio/kv.h): the scheduler owns the model's sequence slots. It
  * reserves room before adding a sequence's tokens; when the pool runs out it
- * preempts by recompute: the newest-admitted sequence loses its KV and goes
- * back to the queue with its generated tokens kept, to be run again from the
- * start (prompt + generated) when room returns. The queue is first come,
+ * preempts the newest-admitted sequence: it goes back to the queue with its
+ * generated tokens kept and, by recompute (the default), loses its KV, to be
+ * run again from the start (prompt + generated) when room returns; by swap,
+ * its KV rows are copied to host memory first and copied back on resumption
+ * (pio_model_seq_swap_out / swap_in), so nothing is recomputed. A swapped
+ * sequence resumes when the pool has room for all of it (or, with nothing
+ * running and still no room, falls back to recompute). The queue is first come,
  * first served by submission, so a preempted sequence resumes before later
  * submissions. Prompts reuse cached prefixes at admission and publish theirs
  * once computed (no-ops unless the KV cache has prefix caching on).
@@ -28,9 +32,15 @@
 #include "pio/generate.h"
 #include "pio/model.h"
 
+typedef enum pio_preempt_mode {
+    PIO_PREEMPT_RECOMPUTE = 0, /* drop the victim's KV; recompute it on resumption */
+    PIO_PREEMPT_SWAP,          /* copy the victim's KV to host memory and back */
+} pio_preempt_mode;
+
 typedef struct pio_sched_opts {
     int32_t max_batch;  /* running sequences at most; 0: the model's max_seqs (the most) */
     int32_t max_tokens; /* tokens per step (decode tokens + prompt chunks); 0: PIO_PROMPT_CHUNK */
+    pio_preempt_mode preempt;
 } pio_sched_opts;
 
 typedef enum pio_seq_status {
@@ -74,6 +84,11 @@ typedef struct pio_sched_stats {
     int64_t generated_tokens;  /* tokens sampled */
     int64_t reused_tokens;     /* prompt positions taken from the prefix cache */
     int64_t preemptions;
+    int64_t swaps_out, swaps_in;   /* swap preemption: sequences copied to host and back */
+    int64_t swapped_out_bytes;     /* host bytes written by swaps out (all of them) */
+    int64_t swapped_in_bytes;      /* host bytes copied back into the cache */
+    int64_t swap_held_bytes;       /* host bytes held by swapped sequences now */
+    double swap_seconds;           /* spent copying */
     int32_t running, waiting;  /* now */
     double forward_seconds;
 } pio_sched_stats;
