@@ -95,10 +95,9 @@ local function concurrency(ctx, rows, json)
   model:free()
 end
 
--- The KV cache layouts and formats (pio/kv.h).
-local kv = require("pio.scheduler").kv
+-- The KV cache layouts and formats (pio/kv.h), through the model's methods.
 local function configure(model, cfg)
-  local ok, err = kv.configure(model, cfg)
+  local ok, err = model:kv_configure(cfg)
   if not ok then error("configuring the KV cache: " .. tostring(err), 0) end
 end
 
@@ -107,7 +106,7 @@ local function prefix(ctx, rows, json)
   local model = load({ max_seqs = 8, ctx = 2048 + 64 })
   local results = {}
   for _, cache in ipairs { false, true } do
-    configure(model, { layout = "paged", block_size = 16, prefix_cache = cache })
+    configure(model, { layout = "paged", block = 16, prefix = cache })
     local function request(r)
       local p = {}
       for i, id in ipairs(system) do p[i] = id end
@@ -124,7 +123,7 @@ local function prefix(ctx, rows, json)
     for _, t in ipairs(r.ttft) do sum = sum + t end
     results[cache] = r
     r.mean_ttft = sum / #r.ttft
-    local ks = kv.stats(model)
+    local ks = model:kv_stats()
     rows[#rows + 1] = { "prefix", cache and "cache on" or "cache off",
       string.format("%.1f", r.generated / r.wall), ms(percentile(r.ttft, 50)),
       ms(percentile(r.ttft, 99)), ms(percentile(r.tpot, 50)), ms(percentile(r.tpot, 99)),
@@ -147,10 +146,10 @@ end
 local function fill(model, slots)
   local n = 0
   for slot = 0, slots - 1 do
-    if not kv.reserve(model, slot, 4096) then break end
+    if not model:seq_reserve(slot, 4096) then break end
     n = n + 1
   end
-  for slot = 0, slots - 1 do kv.free(model, slot) end
+  for slot = 0, slots - 1 do model:seq_free(slot) end
   return n
 end
 
@@ -161,22 +160,22 @@ local function capacity(ctx, rows, json)
     -- Contiguous: every slot owns the whole context, so the budget buys budget ÷ slot bytes slots.
     local probe = load({ max_seqs = 1, ctx = ctx_len })
     configure(probe, { layout = "contiguous", format = format == "int8" and "int8" or "model" })
-    local per_slot = kv.stats(probe).bytes_total
+    local per_slot = probe:kv_stats().bytes
     probe:free()
     local slots = math.floor(budget / per_slot)
     local contiguous = 0
     if slots > 0 then
       local m = load({ max_seqs = slots, ctx = ctx_len })
       configure(m, { layout = "contiguous", format = format == "int8" and "int8" or "model" })
-      assert(kv.stats(m).bytes_total <= budget)
+      assert(m:kv_stats().bytes <= budget)
       contiguous = fill(m, slots)
       m:free()
     end
     -- Paged: one pool of the budget's blocks; slots take what they use.
     local m = load({ max_seqs = 64, ctx = ctx_len })
-    configure(m, { layout = "paged", block_size = 16, max_bytes = budget,
+    configure(m, { layout = "paged", block = 16, bytes = budget,
                     format = format == "int8" and "int8" or "model" })
-    local ks = kv.stats(m)
+    local ks = m:kv_stats()
     local paged = fill(m, 64)
     m:free()
     for _, c in ipairs { { "contiguous", contiguous }, { "paged", paged } } do

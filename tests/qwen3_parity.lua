@@ -3,83 +3,14 @@
 -- runs them on "cpu", tests/spec/cuda_spec.lua on "cuda" (busted tag gpu). Load it
 -- with loadfile(path, "t", _ENV) from a spec, so that it sees busted's describe/it.
 local pio = require "pio"
-local cjson = require "cjson"
 
-local FIXTURES = os.getenv("PIO_FIXTURES") or "tests/fixtures"
+-- The shared helpers and tolerances (tests/parity_util.lua), in this environment.
+local U = assert(loadfile("tests/parity_util.lua", "t", _ENV))()
+local FIXTURES, THREADS, VERBOSE = U.FIXTURES, U.THREADS, U.VERBOSE
+local F32_RTOL, BF16_TOP1 = U.F32_RTOL, U.BF16_TOP1
+local read_json, ints, argmax, bf16_ulp = U.read_json, U.ints, U.argmax, U.bf16_ulp
+local printable, check_shape, max_delta = U.printable, U.check_shape, U.max_delta
 local NAMES = { "qwen3-gqa1", "qwen3-gqa2", "qwen3-gqa4" }
-local THREADS = tonumber(os.getenv("PIO_THREADS") or "2")
-local VERBOSE = os.getenv("PIO_VERBOSE") ~= nil
-
-local F32_RTOL = 1e-4 -- max|dlogit| <= F32_RTOL * max|reference logit|, per prompt
-local BF16_TOP1 = 0.99 -- share of positions whose top-1 must agree
-
-local function read_json(path)
-    local f = assert(io.open(path, "rb"))
-    local text = f:read("a")
-    f:close()
-    return cjson.decode(text)
-end
-
--- lua-cjson decodes every number as a float; token ids must be integers.
-local function ints(list)
-    local out = {}
-    for i, v in ipairs(list) do
-        out[i] = assert(math.tointeger(v), "token id is not an integer")
-    end
-    return out
-end
-
--- 0-based index of the largest value; the first one among exact ties, as torch.argmax.
-local function argmax(row)
-    local best, at = -math.huge, 0
-    for j = 1, #row do
-        if row[j] > best then
-            best, at = row[j], j - 1
-        end
-    end
-    return at, best
-end
-
--- One bf16 ulp at magnitude x (8 significant bits).
-local function bf16_ulp(x)
-    x = math.abs(x)
-    if x == 0 then
-        return 0
-    end
-    return 2.0 ^ (math.floor(math.log(x, 2)) - 7)
-end
-
--- Test names: at most n characters (cut on a UTF-8 boundary), control characters as \ddd.
-local function printable(s, n)
-    if s == "" then
-        return "(empty)"
-    end
-    local cut = utf8.offset(s, n + 1)
-    if cut and cut <= #s then
-        s = s:sub(1, cut - 1) .. "..."
-    end
-    return (s:gsub("%c", function(ch)
-        return ("\\%d"):format(ch:byte())
-    end))
-end
-
-local function check_shape(t, rows, cols, what)
-    local shape = t:shape()
-    assert.are.same({ rows, cols }, { shape[1], shape[2] }, what .. ": logits shape")
-end
-
--- Largest |got - want| and largest |want| over a [n][v] pair of nested tables.
-local function max_delta(got, want)
-    local d, big = 0, 0
-    for r = 1, #want do
-        local g, w = got[r], want[r]
-        for c = 1, #w do
-            d = math.max(d, math.abs(g[c] - w[c]))
-            big = math.max(big, math.abs(w[c]))
-        end
-    end
-    return d, big
-end
 
 --- Registers the parity describes for `device` ("cpu" or "cuda"); `tags` is
 -- appended to each describe name (e.g. " #gpu").

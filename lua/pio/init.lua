@@ -92,6 +92,5 @@ pio.surgery = require "pio.surgery"
 local scheduler = require "pio.scheduler"   -- continuous batching; model:generate_batch
 scheduler.prompt_ids = prompt_ids           -- prompts read as generate reads them
 pio.scheduler = scheduler.new
-pio.sched_kv = nil                          -- primitives kept as require("pio.scheduler").kv
 
 return pio

@@ -161,12 +161,6 @@ function Scheduler:close()
   self.live = {}
 end
 
--- ---- the KV cache underneath (pio/kv.h), for benchmarks and tests ----------------
--- configure(model, {layout = "contiguous"|"paged", block_size =, n_blocks =, max_bytes =,
--- format = "model"|"int8", prefix_cache =}) (nil, message when memory runs out), stats(model),
--- reserve(model, slot, n_positions) → true or nil, message, free(model, slot).
-M.kv = core.sched_kv
-
 -- ---- handles ---------------------------------------------------------------
 
 function Handle.__index(h, key)

@@ -1,10 +1,9 @@
 /* pio.Scheduler: the C scheduler (pio/scheduler.h) as userdata. The handles,
  * callbacks and prompt reading are Lua (lua/pio/scheduler.lua); here are the
- * primitives it drives. The scheduler keeps its model alive (user value 1). */
-#include <string.h>
-
+ * primitives it drives. The scheduler keeps its model alive (user value 1). The
+ * KV cache underneath is the model's (model:kv_configure, kv_stats, seq_reserve,
+ * seq_free in l_model.c). */
 #include "lpio.h"
-#include "pio/kv.h"
 #include "pio/scheduler.h"
 
 #define SCHEDULER_MT "pio.Scheduler"
@@ -166,93 +165,6 @@ static int s_free(lua_State *L) {
     return 0;
 }
 
-/* ---- the KV primitives the scheduler uses (pio/kv.h), for benchmarks and tests ---- */
-
-static int opt_field_int(lua_State *L, int t, const char *key, lua_Integer fallback) {
-    lua_getfield(L, t, key);
-    lua_Integer v = lua_isnil(L, -1) ? fallback : luaL_checkinteger(L, -1);
-    lua_pop(L, 1);
-    return (int)v;
-}
-
-/* Field key of table t: one of two names (or absent: the first), as 0 or 1. */
-static int field_choice(lua_State *L, int t, const char *key, const char *a, const char *b) {
-    lua_getfield(L, t, key);
-    const char *v = lua_isnil(L, -1) ? a : lua_tostring(L, -1);
-    int which = v && strcmp(v, a) == 0 ? 0 : v && strcmp(v, b) == 0 ? 1 : -1;
-    if (which < 0)
-        luaL_error(L, "KV %s must be '%s' or '%s', got %s", key, a, b,
-                   v ? lua_pushfstring(L, "'%s'", v) : luaL_typename(L, -1));
-    lua_pop(L, 1);
-    return which;
-}
-
-/* sched_kv.configure(model, {layout=, block_size=, n_blocks=, max_bytes=, format=,
- * prefix_cache=}): layout "contiguous" | "paged", format "model" | "int8". */
-static int l_kv_configure(lua_State *L) {
-    pio_model *m = pio_lua_check_model(L, 1);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    pio_kv_config c = {0};
-    c.layout = field_choice(L, 2, "layout", "contiguous", "paged") ? PIO_KV_PAGED
-                                                                   : PIO_KV_CONTIGUOUS;
-    c.format = field_choice(L, 2, "format", "model", "int8") ? PIO_KV_INT8 : PIO_KV_MODEL_DTYPE;
-    lua_getfield(L, 2, "prefix_cache");
-    c.prefix_cache = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    c.block_size = opt_field_int(L, 2, "block_size", 0);
-    c.n_blocks = opt_field_int(L, 2, "n_blocks", 0);
-    lua_getfield(L, 2, "max_bytes");
-    c.max_bytes = lua_isnil(L, -1) ? 0 : (size_t)luaL_checkinteger(L, -1);
-    lua_pop(L, 1);
-    pio_error err;
-    if (pio_model_kv_configure(m, &c, &err)) return pio_lua_fail(L, &err);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-static int l_kv_stats(lua_State *L) {
-    pio_kv_stats st;
-    if (pio_model_kv_stats(pio_lua_check_model(L, 1), &st)) return 0;
-    lua_createtable(L, 0, 14);
-    lua_pushstring(L, st.layout);
-    lua_setfield(L, -2, "layout");
-    lua_pushstring(L, st.format);
-    lua_setfield(L, -2, "format");
-#define SET_INT(k, v) (lua_pushinteger(L, (lua_Integer)(v)), lua_setfield(L, -2, k))
-    SET_INT("block_size", st.block_size);
-    SET_INT("blocks_total", st.blocks_total);
-    SET_INT("blocks_used", st.blocks_used);
-    SET_INT("blocks_cached", st.blocks_cached);
-    SET_INT("blocks_free", st.blocks_free);
-    SET_INT("bytes_per_block", st.bytes_per_block);
-    SET_INT("bytes_total", st.bytes_total);
-    SET_INT("prefix_hits", st.prefix_hits);
-    SET_INT("prefix_misses", st.prefix_misses);
-    SET_INT("tokens_reused", st.tokens_reused);
-    SET_INT("evictions", st.evictions);
-#undef SET_INT
-    return 1;
-}
-
-/* sched_kv.reserve(model, slot, n) → true, or nil, message (e.g. out of KV blocks). */
-static int l_kv_reserve(lua_State *L) {
-    pio_model *m = pio_lua_check_model(L, 1);
-    pio_error err;
-    if (pio_model_seq_reserve(m, (int32_t)luaL_checkinteger(L, 2),
-                              (int32_t)luaL_checkinteger(L, 3), &err)) {
-        lua_pushnil(L);
-        lua_pushstring(L, err.msg);
-        return 2;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-static int l_kv_free(lua_State *L) {
-    pio_model_seq_free(pio_lua_check_model(L, 1), (int32_t)luaL_checkinteger(L, 2));
-    return 0;
-}
-
 void pio_lua_open_scheduler(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"submit", s_submit}, {"step", s_step}, {"busy", s_busy}, {"cancel", s_cancel},
@@ -269,10 +181,4 @@ void pio_lua_open_scheduler(lua_State *L) {
     lua_pop(L, 1);
     lua_pushcfunction(L, l_scheduler);
     lua_setfield(L, -2, "scheduler");
-    static const luaL_Reg kv[] = {
-        {"configure", l_kv_configure}, {"stats", l_kv_stats}, {"reserve", l_kv_reserve},
-        {"free", l_kv_free}, {NULL, NULL},
-    };
-    luaL_newlib(L, kv); /* pio.scheduler's module keeps it as .kv (init.lua) */
-    lua_setfield(L, -2, "sched_kv");
 }

@@ -44,14 +44,8 @@ assert(loadfile("tests/qwen3_parity.lua", "t", _ENV))()("cpu")
 -- f32 rows within 5e-7 x max|logit| of transformers', greedy identical.
 local cjson = require "cjson"
 local pio = require "pio"
-local FIXTURES = os.getenv("PIO_FIXTURES") or "tests/fixtures"
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local U = assert(loadfile("tests/parity_util.lua", "t", _ENV))()
+local FIXTURES, read_file, ints = U.FIXTURES, U.read_file, U.ints
 
 local function write_file(path, s)
   local f = assert(io.open(path, "wb"))
@@ -76,19 +70,13 @@ local function edited_copy(dir, edits)
   return tmp
 end
 
-local function ids_of(list)
-  local out = {}
-  for i, v in ipairs(list) do out[i] = math.tointeger(v) end
-  return out
-end
-
 for _, fixture in ipairs { "qwen3-gqa2", "qwen3-moe-e8k2" } do
   local dir = FIXTURES .. "/" .. fixture
-  local sref = cjson.decode(read_file(dir .. "/sliding.json"))
-  local ref = cjson.decode(read_file(dir .. "/reference.json"))
+  local sref = U.read_json(dir .. "/sliding.json")
+  local ref = U.read_json(dir .. "/reference.json")
   local window = math.tointeger(sref.window)
-  local positions = ids_of(sref.positions)
-  local prompt = ids_of(ref.prompts[math.tointeger(sref.prompt) + 1].ids)
+  local positions = ints(sref.positions)
+  local prompt = ints(ref.prompts[math.tointeger(sref.prompt) + 1].ids)
 
   describe("sliding window from config.json: " .. fixture .. " #qwen3 #kv", function()
     local expected, full, tmps
@@ -142,8 +130,8 @@ for _, fixture in ipairs { "qwen3-gqa2", "qwen3-moe-e8k2" } do
         assert.same(full:logits(head):table(), m:logits(head):table())
 
         -- through the KV cache, a token at a time: contiguous, then paged (4-position blocks)
-        local gp = ids_of(ref.prompts[math.tointeger(v.greedy_prompt) + 1].ids)
-        local greedy = ids_of(v.greedy_f32)
+        local gp = ints(ref.prompts[math.tointeger(v.greedy_prompt) + 1].ids)
+        local greedy = ints(v.greedy_f32)
         local opts = { max_new_tokens = #greedy, temperature = 0, ignore_eos = true }
         local _, st = m:generate(gp, opts)
         assert.same(greedy, st.tokens)

@@ -152,19 +152,31 @@ describe("pio.scheduler #qwen3", function()
     local m = load(4)
     local want = {}
     for i, p in ipairs(PROMPTS) do want[i] = alone(m, p) end
-    local kv = require("pio.scheduler").kv
-    kv.free(m, 0) -- what model:generate left in slot 0
+    m:seq_free(0) -- what model:generate left in slot 0
     -- 12 blocks of 4 positions: not enough for four sequences of up to ~40 positions.
-    assert.is_true(kv.configure(m, { layout = "paged", block_size = 4, n_blocks = 12 }))
+    assert.equal(m, m:kv_configure { layout = "paged", block = 4, blocks = 12 })
     local s = pio.scheduler(m, { max_tokens = 16 })
     local hs = {}
     for i, p in ipairs(PROMPTS) do hs[i] = s:submit(p, GREEDY) end
     s:run()
     for i, h in ipairs(hs) do assert.equal(want[i], h:text()) end
     assert.is_true(s:stats().preemptions > 0)
-    assert.equal(0, kv.stats(m).blocks_used)
-    assert.has_error(function() kv.configure(m, { layout = "pages" }) end,
-      "KV layout must be 'contiguous' or 'paged', got 'pages'")
+    assert.equal(0, m:kv_stats().blocks_used)
+    assert.has_error(function() m:kv_configure { layout = "pages" } end,
+      "model:kv_configure: unknown layout 'pages' (known: contiguous, paged)")
+    -- a slot reserved by hand: nil and the numbers when the pool cannot
+    assert.is_true(m:seq_reserve(1, 40))
+    assert.equal(10, m:kv_stats().blocks_used)
+    local ok, why = m:seq_reserve(2, 40)
+    assert.is_nil(ok)
+    assert.matches("out of KV blocks: need 10, free 2 (sequence 2, 40 positions; the pool has 12 blocks of 4)",
+      why, 1, true)
+    m:seq_free(1)
+    assert.equal(0, m:kv_stats().blocks_used)
+    assert.has_error(function() m:seq_reserve(4, 1) end,
+      "sequence slot 4 is outside [0, 4) (slots are 0-based; load with max_seqs for more)")
+    assert.has_error(function() m:seq_free(-1) end,
+      "sequence slot -1 is outside [0, 4) (slots are 0-based; load with max_seqs for more)")
     m:free()
   end)
 
