@@ -3,7 +3,7 @@
 -- wide, 34 M parameters, 68 MB in bf16: more than the L3 cache, so decode reads
 -- memory as a real model does, yet 64 sequences at once fit a 2-core machine).
 --   pio bench bench/serving.lua [--quick] [--json out.json]
--- Three parts:
+-- Four parts:
 --   concurrency  c requests submitted at once (c = 1, 8, 32, 64), each a
 --                64-token prompt and 32 greedy tokens (--quick: 16): output
 --                tokens per second of wall time, TTFT and time per output
@@ -13,6 +13,9 @@
 --                prompt that an earlier request ran (each with its own 32-token
 --                question, 8 new tokens), on the paged KV cache, prefix caching
 --                off vs on: wall time and mean TTFT of the 8;
+--   preemption   16 requests of 256 + 64 tokens at once on a paged pool with room for
+--                8 at full length: preemption by recompute vs by swap to host memory
+--                (wall time, preemptions, tokens computed twice, bytes swapped);
 --   capacity     how many 4,096-token sequences a 256 MiB KV budget holds,
 --                contiguous vs paged, bf16 vs int8, on a model serving an
 --                8,192-token context: configured for real, then filled with
@@ -52,8 +55,9 @@ end
 local function ms(x) return x and string.format("%.1f", 1000 * x) or "-" end
 
 -- Runs every prompt through one scheduler; wall seconds and per-request stats.
-local function serve(model, prompts, new_tokens, max_batch, max_tokens)
-  local s = pio.scheduler(model, { max_batch = max_batch, max_tokens = max_tokens })
+local function serve(model, prompts, new_tokens, max_batch, max_tokens, preempt)
+  local s = pio.scheduler(model, { max_batch = max_batch, max_tokens = max_tokens,
+                                   preempt = preempt })
   local t0 = pio.now()
   local handles = {}
   for i, p in ipairs(prompts) do
@@ -142,6 +146,38 @@ local function prefix(ctx, rows, json)
   return speedup, results[false].mean_ttft / results[true].mean_ttft
 end
 
+-- Preemption: 16 requests (256-token prompts, 64 new tokens: 320 positions each) at once on
+-- a paged pool of 160 blocks of 16, room for 8 of them at their full length, so sequences
+-- are preempted as they grow; by recompute (their KV dropped and computed again) and by
+-- swap (their KV copied to host memory and back).
+local function preemption(ctx, rows, json)
+  local new_tokens = ctx.quick and 32 or 64
+  local model = load({ max_seqs = 16, ctx = 512, kv = { layout = "paged", block = 16, blocks = 160 } })
+  local prompts = {}
+  for r = 1, 16 do prompts[r] = prompt(r, 256, 31) end
+  local out = {}
+  for _, mode in ipairs { "recompute", "swap" } do
+    local r = serve(model, prompts, new_tokens, 16, 512, mode)
+    local st = r.stats
+    local minimum = 16 * 256 + 16 * (new_tokens - 1) -- every token through the model once
+    rows[#rows + 1] = { "preempt", mode, string.format("%.1f", r.generated / r.wall),
+      ms(percentile(r.ttft, 50)), ms(percentile(r.ttft, 99)), ms(percentile(r.tpot, 50)),
+      ms(percentile(r.tpot, 99)), tostring(st.steps) }
+    json[#json + 1] = { part = "preemption", preempt = mode, requests = 16, prompt_tokens = 256,
+      new_tokens = new_tokens, pool_blocks = 160, block = 16, wall_seconds = r.wall,
+      output_tps = r.generated / r.wall, preemptions = st.preemptions,
+      recomputed_tokens = st.batch_tokens - minimum, swaps_out = st.swaps_out,
+      swapped_out_bytes = st.swapped_out_bytes, swap_seconds = st.swap_seconds }
+    out[mode] = { wall = r.wall, preemptions = st.preemptions,
+                  recomputed = st.batch_tokens - minimum, swapped = st.swapped_out_bytes,
+                  swap_seconds = st.swap_seconds }
+    ctx.log("preempt %s: %.2f s, %d preemptions, %d tokens recomputed, %.1f MiB swapped",
+            mode, r.wall, st.preemptions, st.batch_tokens - minimum, st.swapped_out_bytes / 2 ^ 20)
+  end
+  model:free()
+  return out
+end
+
 -- Sequences of 4,096 positions that fit: reserve slot after slot until the pool refuses.
 local function fill(model, slots)
   local n = 0
@@ -195,12 +231,18 @@ return {
     local rows, json = {}, {}
     concurrency(ctx, rows, json)
     local speedup, ttft_speedup = prefix(ctx, rows, json)
+    local pre = preemption(ctx, rows, json)
     local cap = capacity(ctx, rows, json)
     ctx.out:write("\n")
     ctx.print_table(ctx.out, { "part", "case", "output t/s", "TTFT p50 ms", "TTFT p99 ms",
                                "TPOT p50 ms", "TPOT p99 ms", "steps" }, rows)
     ctx.out:write(string.format("\nprefix reuse on a shared 2,000-token system prompt: %.2fx "
-      .. "faster overall, %.2fx lower mean TTFT\n\n", speedup, ttft_speedup))
+      .. "faster overall, %.2fx lower mean TTFT\n", speedup, ttft_speedup))
+    ctx.out:write(string.format("preemption (16 requests, room for 8): recompute %.2f s, %d "
+      .. "preemptions, %d tokens computed again; swap %.2f s, %d preemptions, %.1f MiB to host "
+      .. "and back in %.3f s, %d tokens computed again\n\n", pre.recompute.wall,
+      pre.recompute.preemptions, pre.recompute.recomputed, pre.swap.wall, pre.swap.preemptions,
+      pre.swap.swapped / 2 ^ 20, pre.swap.swap_seconds, pre.swap.recomputed))
     ctx.print_table(ctx.out, { "KV format", "layout", "4k-token sequences in 256 MiB",
                                "KV bytes/token" }, cap)
     return { rows = json }

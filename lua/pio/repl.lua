@@ -65,6 +65,8 @@ M.docs = {
   ["pio.Model:surgery"] = "m:surgery{ fuse_qkv =, fuse_gate_up =, remove_layers = {...} } → report\n"
     .. "The primitive under pio.surgery.apply.",
   ["pio.Model:bench_forward"] = "m:bench_forward(n_tokens, n_past, n_batch) → seconds of forward passes (benchmarks)",
+  ["pio.Model:bench_decode"] = "m:bench_decode(n_seqs, n_steps, depth) → seconds of n_steps one-token passes\n"
+    .. "of n_seqs sequences at once, after depth untimed prompt tokens each (benchmarks)",
   ["pio.Model:decode_bytes"] = "m:decode_bytes() → weight bytes one decode step reads",
   ["pio.Model:save"] = "m:save(path) → true | nil, message: every weight into one safetensors file",
   ["pio.Model:kv_configure"] = "m:kv_configure{ layout =, block =, blocks =, bytes =, format =, prefix =,\n"
