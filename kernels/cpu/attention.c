@@ -18,6 +18,10 @@
  * p·v: a statistics pass runs first, and the second pass recomputes the
  * scores only when they did not fit one chunk. The output rows are the
  * accumulators.
+ *
+ * Batches of PREFILL_MIN tokens or more with full attention go instead to
+ * attention_prefill_avx512.c where the CPU has AVX-512 (AVX-512 BF16 in bf16
+ * mode): per kv head, Q·Kᵀ and P·V as register-tiled GEMMs over packed K and V.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -53,7 +57,8 @@ typedef struct {
     int n_tasks;
 } attn_ctx;
 
-enum { QB_MAX = 512 }; /* head_dim up to this takes the bf16 dot-product path */
+enum { QB_MAX = 512 };     /* head_dim up to this takes the bf16 dot-product path */
+enum { PREFILL_MIN = 16 }; /* batches from this many tokens take the GEMM-style path */
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -412,6 +417,11 @@ pio_status pio_cpu_attention_run(pio_threadpool *pool, const float *q, int64_t n
     pio_cpu_level level = pio_cpu_level_get();
     c.avx512 = level >= PIO_CPU_AVX512;
     c.dot = level >= PIO_CPU_AVX512_BF16 && round_bf16 && c.k_bf16 && c.dk <= QB_MAX;
+    /* Prompts with full attention: as GEMMs over packed K and V (attention_prefill_avx512.c). */
+    if (n >= PREFILL_MIN && kv->window <= 0 && !int8 &&
+        ((c.dot && c.dk % 2 == 0) || (c.avx512 && !round_bf16 && kp->elem == PIO_KV_ELEM_F32)) &&
+        pio_attn_prefill_avx512(pool, q, n, heads, kv, seq, pos, scale, out, c.dot))
+        return PIO_OK;
     int64_t keys = 0; /* keys visited per head, summed over tokens: the work estimate */
     for (int64_t t = 0; t < c.n; t++) keys += span_of(&c, t).n_keys;
     if (c.n == 0 || c.heads == 0) return PIO_OK;

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "attention_paged.h"
+
 /* out[j] = finish(q · k_j) for j < len, keys `step` bytes apart from k;
  * finish(d) = d · scale, or in bf16 mode bf16(bf16(d) · scale) (torch's bf16
  * QKᵀ then × scale). qb: q in bf16 for bf16 dot products (bf16 mode with a
@@ -29,5 +31,14 @@ void pio_attn_pv_avx512(float *o, const float *p, const char *v, size_t step, in
 
 /* q [d] f32 → bf16, nearest even. */
 void pio_attn_q_to_bf16_avx512(const float *q, uint16_t *qb, int64_t d);
+
+/* Prompts (attention_prefill_avx512.c): per sequence and kv head, S = Q·Kᵀ, softmax
+ * rows, O = P·V as register-tiled GEMMs over packed K and V. Full attention, f32
+ * or bf16 cache (dot: bf16 mode, bf16 cache, vdpbf16ps; else f32 mode, f32 cache,
+ * FMA); any mix of sequences (at most 64). false (nothing written) when it
+ * cannot have its scratch memory: the caller takes the one-row path. */
+bool pio_attn_prefill_avx512(pio_threadpool *pool, const float *q, int64_t n, int64_t heads,
+                             const pio_kv_view *kv, const int32_t *seq, const int32_t *pos,
+                             float scale, float *out, bool dot);
 
 #endif

@@ -733,6 +733,24 @@ static void test_attention(void) {
         for (int rnd = 0; rnd < 2; rnd++)
             check_attention(pools[1], 4, 2, 32, 32, 4300, cd ? PIO_BF16 : PIO_F32, rnd, 3, lseq,
                             lpos, 8.0f);
+    /* Prompts (16 tokens or more: the GEMM-style path on AVX-512): slot 0 from
+     * position 0 in a shuffled order, interleaved with slot 2 continuing at 100,
+     * and head sizes that fill no register tile exactly. */
+    enum { NP = 40 };
+    int32_t pseq[NP], ppos[NP];
+    for (int i = 0; i < NP; i++) {
+        bool first = i % 4 != 3;
+        pseq[i] = first ? 0 : 2;
+        ppos[i] = first ? (i - i / 4) * 7 % 30 : 100 + i / 4;
+    }
+    static const int64_t dims[][2] = {{16, 16}, {20, 12}, {128, 128}, {66, 80}};
+    for (int r = 0; r < 3; r++)
+        for (int d = 0; d < 4; d++)
+            for (int cd = 0; cd < 2; cd++)
+                for (int rnd = 0; rnd < 2; rnd++)
+                    check_attention(pools[r % 2], ratios[r][0], ratios[r][1], dims[d][0],
+                                    dims[d][1], 130, cd ? PIO_BF16 : PIO_F32, rnd, NP, pseq, ppos,
+                                    2.0f);
 
     pio_error err = {0};
     pio_tensor *q = T(PIO_F32, 2, 6, 8), *ck = T(PIO_F32, 1, 4, 4, 8), *cv = T(PIO_F32, 1, 4, 4, 8);
