@@ -21,9 +21,7 @@
  * mode x holds bf16 values (so bf16 dot products apply) and y is rounded. */
 static pio_status build_linears(pio_model *m, const pio_tensor *x, int n,
                                 const pio_tensor *const *w, pio_tensor *const *y, pio_error *err) {
-    pio_status st = pio_cpu_matmul_ex(m->pool, x, n, w, y, m->round_bf16, err);
-    for (int i = 0; st == PIO_OK && m->round_bf16 && i < n; i++) pio_cpu_round_bf16(y[i]);
-    return st;
+    return pio_cpu_linear(m->pool, x, n, w, y, m->round_bf16, err);
 }
 
 pio_status pio_build_embedding(pio_model *m, const pio_tensor *table, const pio_batch *b,
@@ -55,8 +53,7 @@ pio_status pio_build_residual_norm(pio_model *m, pio_tensor *x, const pio_tensor
                                    const pio_tensor *w, float eps, pio_tensor *out,
                                    pio_error *err) {
     ON_CUDA(m, pio_cuda_build_residual_norm(m, x, y, w, eps, out, err));
-    pio_status st = pio_build_residual(m, x, y, err);
-    return st ? st : pio_build_norm(m, x, w, eps, out, err);
+    return pio_cpu_residual_rmsnorm(m->pool, x, y, w, eps, out, m->round_bf16, err);
 }
 
 /* One matmul by a fused matrix, its output columns then handed to the parts
@@ -144,7 +141,8 @@ pio_status pio_build_ffn(pio_model *m, const pio_ffn_weights *w, const pio_tenso
         pio_tensor *ys[2] = {&gate, &up};
         st = build_linears(m, h, 2, ws, ys, err);
     }
-    if (st || (st = pio_cpu_silu_mul(&gate, &up, &gate, m->round_bf16, err))) return st;
+    if (st || (st = pio_cpu_silu_mul_pool(m->pool, &gate, &up, &gate, m->round_bf16, err)))
+        return st;
     return pio_build_linear(m, &gate, w->down, out, err);
 }
 
@@ -230,7 +228,7 @@ pio_status pio_build_moe(pio_model *m, const pio_moe_weights *w, const pio_moe_p
                 const pio_tensor *gu_w[2] = {w->gate[e], w->up[e]};
                 pio_tensor *gu_y[2] = {&ge, &ue};
                 if ((st = build_linears(m, &xe, 2, gu_w, gu_y, err)) ||
-                    (st = pio_cpu_silu_mul(&ge, &ue, &ge, m->round_bf16, err)) ||
+                    (st = pio_cpu_silu_mul_pool(m->pool, &ge, &ue, &ge, m->round_bf16, err)) ||
                     (st = pio_build_linear(m, &ge, w->down[e], &ye, err)))
                     return pio_error_prefix(err, "expert %d", e);
                 continue;

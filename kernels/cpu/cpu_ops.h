@@ -40,10 +40,24 @@ pio_status pio_cpu_matmul_ex(pio_threadpool *pool, const pio_tensor *x, int n_w,
                              const pio_tensor *const *w, pio_tensor *const *y, bool x_bf16,
                              pio_error *err);
 
+/* A Linear of the model: pio_cpu_matmul_ex with x_bf16 = bf16_mode, and in
+ * bf16 mode y rounded to bf16 (torch's bf16 Linear output) by the threads
+ * that computed it, in the same run of the pool. */
+pio_status pio_cpu_linear(pio_threadpool *pool, const pio_tensor *x, int n_w,
+                          const pio_tensor *const *w, pio_tensor *const *y, bool bf16_mode,
+                          pio_error *err);
+
 /* y = x / sqrt(mean(x², last dim) + eps) * w    x,y [..., d] f32 (y may be x), w [d] f32|bf16.
  * round_bf16: x̂ rounded to bf16 before the product, product rounded (transformers). */
 pio_status pio_cpu_rmsnorm(pio_threadpool *pool, const pio_tensor *x, const pio_tensor *w,
                            float eps, pio_tensor *y, bool round_bf16, pio_error *err);
+
+/* x += r (rounded to bf16 when round_bf16), then y = rmsnorm(x) · w as
+ * pio_cpu_rmsnorm: the residual add and the next norm in one pass over the
+ * rows, on the pool. x, r, y [..., d] f32 (y must not overlap x or r). */
+pio_status pio_cpu_residual_rmsnorm(pio_threadpool *pool, pio_tensor *x, const pio_tensor *r,
+                                    const pio_tensor *w, float eps, pio_tensor *y,
+                                    bool round_bf16, pio_error *err);
 
 /* Rotate-half (NeoX) RoPE in place on x [n, heads, head_dim] f32 over its first
  * rot_dim dims: angle_i = pos[t] · inv_freq[i], i < rot_dim/2, computed in f32;
@@ -59,6 +73,10 @@ pio_status pio_cpu_softmax(pio_tensor *x, pio_error *err);
  * round_bf16: silu output rounded, then the product rounded. */
 pio_status pio_cpu_silu_mul(const pio_tensor *gate, const pio_tensor *up, pio_tensor *out,
                             bool round_bf16, pio_error *err);
+/* The same, the elements split over the pool's threads. */
+pio_status pio_cpu_silu_mul_pool(pio_threadpool *pool, const pio_tensor *gate,
+                                 const pio_tensor *up, pio_tensor *out, bool round_bf16,
+                                 pio_error *err);
 
 /* Element-wise out = a ∘ b for ∘ in + − × ÷. a, out same shape, f32; b has
  * a's shape or is a single element (broadcast). out may alias a or b. */

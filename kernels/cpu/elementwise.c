@@ -15,8 +15,39 @@ static inline __m256 silu_mul8(__m256 g, __m256 u, bool round_bf16) {
     return pio_round_bf16_256(_mm256_mul_ps(pio_round_bf16_256(s), u));
 }
 
-pio_status pio_cpu_silu_mul(const pio_tensor *gate, const pio_tensor *up, pio_tensor *out,
-                            bool round_bf16, pio_error *err) {
+typedef struct {
+    const float *g, *u;
+    float *o;
+    int64_t n;
+    int n_tasks;
+    bool round_bf16;
+} silu_ctx;
+
+/* Elements [i0, i1) (i0 a multiple of 8). */
+static void silu_range(const silu_ctx *c, int64_t i, int64_t end) {
+    const float *g = c->g, *u = c->u;
+    float *o = c->o;
+    for (; i + 8 <= end; i += 8)
+        _mm256_storeu_ps(o + i, silu_mul8(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i),
+                                          c->round_bf16));
+    if (i < end) {
+        __m256i m = pio_tail_mask256(end - i);
+        _mm256_maskstore_ps(o + i, m,
+                            silu_mul8(_mm256_maskload_ps(g + i, m), _mm256_maskload_ps(u + i, m),
+                                      c->round_bf16));
+    }
+}
+
+static void silu_task(void *arg, int task, int thread) {
+    (void)thread;
+    const silu_ctx *c = arg;
+    int64_t i0, i1;
+    pio_cpu_task_range(c->n, c->n_tasks, task, 8, &i0, &i1);
+    silu_range(c, i0, i1);
+}
+
+static pio_status silu_run(pio_threadpool *pool, const pio_tensor *gate, const pio_tensor *up,
+                           pio_tensor *out, bool round_bf16, pio_error *err) {
     const char *op = "silu_mul";
     if (!pio_cpu_check_f32(op, "gate", gate, err) || !pio_cpu_check_f32(op, "up", up, err) ||
         !pio_cpu_check_f32(op, "out", out, err))
@@ -28,21 +59,23 @@ pio_status pio_cpu_silu_mul(const pio_tensor *gate, const pio_tensor *up, pio_te
     if (pio_cpu_partial_overlap(gate, out) || pio_cpu_partial_overlap(up, out))
         return pio_cpu_shape_error(err, op, "gate", gate, "out", out,
                                    "out overlaps an input without being the same tensor");
-
-    const float *g = pio_tensor_data(gate), *u = pio_tensor_data(up);
-    float *o = pio_tensor_data(out);
-    const int64_t n = pio_tensor_numel(out);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(o + i,
-                         silu_mul8(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i), round_bf16));
-    if (i < n) {
-        __m256i m = pio_tail_mask256(n - i);
-        _mm256_maskstore_ps(
-            o + i, m,
-            silu_mul8(_mm256_maskload_ps(g + i, m), _mm256_maskload_ps(u + i, m), round_bf16));
-    }
+    silu_ctx c = {.g = pio_tensor_data(gate), .u = pio_tensor_data(up), .o = pio_tensor_data(out),
+                  .n = pio_tensor_numel(out), .round_bf16 = round_bf16};
+    c.n_tasks = pio_cpu_n_tasks(pool, c.n, 16384);
+    if (c.n_tasks <= 1) silu_range(&c, 0, c.n);
+    else pio_threadpool_run(pool, c.n_tasks, silu_task, &c);
     return PIO_OK;
+}
+
+pio_status pio_cpu_silu_mul_pool(pio_threadpool *pool, const pio_tensor *gate,
+                                 const pio_tensor *up, pio_tensor *out, bool round_bf16,
+                                 pio_error *err) {
+    return silu_run(pool, gate, up, out, round_bf16, err);
+}
+
+pio_status pio_cpu_silu_mul(const pio_tensor *gate, const pio_tensor *up, pio_tensor *out,
+                            bool round_bf16, pio_error *err) {
+    return silu_run(NULL, gate, up, out, round_bf16, err);
 }
 
 /* ---- binary -------------------------------------------------------------- */

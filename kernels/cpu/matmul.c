@@ -12,6 +12,7 @@
 #include "cpu_features.h"
 #include "cpu_internal.h"
 #include "matmul_kernels.h"
+#include "simd_avx2.h"
 
 enum { MAX_W = 4 };
 
@@ -25,6 +26,7 @@ typedef struct {
     pio_matmul_amx_kernel packed;
     char *scratch;             /* per thread: panel, then an edge tile at edge_off */
     size_t scratch_bytes, edge_off;
+    bool round_y; /* outputs rounded to bf16 by the task that wrote them */
 } matmul_ctx;
 
 /* Rows of w per task boundary: a whole register tile (4 rows; 32 for AMX's
@@ -32,6 +34,19 @@ typedef struct {
 enum { ROW_GRANULE = 4, AMX_GRANULE = 32, PACKED_GRANULE = 64 };
 
 pio_matmul_amx_kernel pio_matmul_amx_override;
+
+/* y[r, m0:m1] to bf16 for every row r: right after the task wrote them, so
+ * they are still in cache (and the rounding runs on every thread). */
+static void round_cols(const pio_matmul_job *J, int64_t m0, int64_t m1) {
+    const int64_t w = m1 - m0;
+    const __m256i tail = pio_tail_mask256(w % 8);
+    for (int64_t r = 0; r < J->n; r++) {
+        float *y = J->y + r * J->m + m0;
+        int64_t i = 0;
+        for (; i + 8 <= w; i += 8) _mm256_storeu_ps(y + i, pio_round_bf16_256(_mm256_loadu_ps(y + i)));
+        if (i < w) _mm256_maskstore_ps(y + i, tail, pio_round_bf16_256(_mm256_maskload_ps(y + i, tail)));
+    }
+}
 
 /* A task covers a range of granules of the weights laid end to end: one run
  * of the pool serves several weights that share x (q, k, v; gate, up). */
@@ -51,6 +66,7 @@ static void matmul_task(void *arg, int task, int thread) {
         } else {
             c->kernel[i](&c->job[i], m0, m1);
         }
+        if (c->round_y) round_cols(&c->job[i], m0, m1);
     }
 }
 
@@ -151,9 +167,9 @@ static pio_status check_one(const pio_tensor *x, const pio_tensor *w, const pio_
     return PIO_OK;
 }
 
-pio_status pio_cpu_matmul_ex(pio_threadpool *pool, const pio_tensor *x, int n_w,
+static pio_status matmul_run(pio_threadpool *pool, const pio_tensor *x, int n_w,
                              const pio_tensor *const *w, pio_tensor *const *y, bool x_bf16,
-                             pio_error *err) {
+                             bool round_y, pio_error *err) {
     if (n_w < 1 || n_w > MAX_W)
         return pio_error_set(err, PIO_ERR_INVALID, "matmul: %d weights (1 to %d share one x)", n_w,
                              MAX_W);
@@ -165,7 +181,7 @@ pio_status pio_cpu_matmul_ex(pio_threadpool *pool, const pio_tensor *x, int n_w,
                 return pio_cpu_shape_error(err, "matmul", "y", y[i], "y", y[j],
                                            "overlap in memory");
     }
-    matmul_ctx c = {.n_w = n_w, .granule = ROW_GRANULE};
+    matmul_ctx c = {.n_w = n_w, .granule = ROW_GRANULE, .round_y = round_y};
     const int64_t n = pio_cpu_rows(x), k = x->shape[x->ndim - 1];
     if (n == 0) return PIO_OK;
     bool dot = false, all_bf16 = true;
@@ -233,6 +249,18 @@ pio_status pio_cpu_matmul_ex(pio_threadpool *pool, const pio_tensor *x, int n_w,
     c.n_tasks = pio_cpu_n_tasks(pool, c.first[n_w], (65536 + macs_per_granule - 1) / macs_per_granule);
     pio_threadpool_run(pool, c.n_tasks, matmul_task, &c);
     return PIO_OK;
+}
+
+pio_status pio_cpu_matmul_ex(pio_threadpool *pool, const pio_tensor *x, int n_w,
+                             const pio_tensor *const *w, pio_tensor *const *y, bool x_bf16,
+                             pio_error *err) {
+    return matmul_run(pool, x, n_w, w, y, x_bf16, false, err);
+}
+
+pio_status pio_cpu_linear(pio_threadpool *pool, const pio_tensor *x, int n_w,
+                          const pio_tensor *const *w, pio_tensor *const *y, bool bf16_mode,
+                          pio_error *err) {
+    return matmul_run(pool, x, n_w, w, y, bf16_mode, bf16_mode, err);
 }
 
 pio_status pio_cpu_matmul(pio_threadpool *pool, const pio_tensor *x, const pio_tensor *w,

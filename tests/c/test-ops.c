@@ -462,6 +462,58 @@ static void test_silu_mul(void) {
     pio_tensor_free(u);
 }
 
+/* The fused ops equal the ops they replace, bit for bit: silu_mul on the pool,
+ * residual add (+ bf16 rounding) then rmsnorm, and a bf16-mode Linear whose
+ * outputs are rounded by the matmul's own threads. */
+static void test_fused_equal(void) {
+    pio_error err = {0};
+    for (int rnd = 0; rnd < 2; rnd++)
+        for (int p = 0; p < 2; p++) {
+            int64_t n = 37, d = 1000 + 3 * p;
+            pio_tensor *g = rand_tensor(PIO_F32, 2, SHAPE(n, d), 8.0f), *u = R(PIO_F32, n, d);
+            pio_tensor *a = T(PIO_F32, n, d), *b = T(PIO_F32, n, d);
+            CHECK(pio_cpu_silu_mul(g, u, a, rnd, &err) == PIO_OK);
+            CHECK(pio_cpu_silu_mul_pool(pools[p], g, u, b, rnd, &err) == PIO_OK);
+            CHECK_MSG(!memcmp(fdata(a), fdata(b), (size_t)(n * d) * 4), "silu_mul_pool differs");
+            /* residual + norm: x1 += r then norm (reference), x2 the fused op */
+            pio_tensor *x1 = R(PIO_F32, n, d), *r = R(PIO_F32, n, d), *w = R(PIO_BF16, d);
+            pio_tensor *x2 = T(PIO_F32, n, d), *y1 = T(PIO_F32, n, d), *y2 = T(PIO_F32, n, d);
+            if (rnd) pio_cpu_round_bf16(x1);
+            memcpy(fdata(x2), fdata(x1), (size_t)(n * d) * 4);
+            CHECK(pio_cpu_binary(PIO_ADD, x1, r, x1, &err) == PIO_OK);
+            if (rnd) pio_cpu_round_bf16(x1);
+            CHECK(pio_cpu_rmsnorm(pools[p], x1, w, 1e-6f, y1, rnd, &err) == PIO_OK);
+            CHECK_MSG(pio_cpu_residual_rmsnorm(pools[p], x2, r, w, 1e-6f, y2, rnd, &err) == PIO_OK,
+                      "%s", err.msg);
+            CHECK_MSG(!memcmp(fdata(x1), fdata(x2), (size_t)(n * d) * 4), "residual differs");
+            CHECK_MSG(!memcmp(fdata(y1), fdata(y2), (size_t)(n * d) * 4), "residual norm differs");
+            CHECK(pio_cpu_residual_rmsnorm(pools[p], x2, r, w, 1e-6f, x2, rnd, &err) ==
+                  PIO_ERR_INVALID);
+            /* Linear: matmul_ex then rounding vs pio_cpu_linear, decode and prompt sizes */
+            for (int64_t rows = 1; rows <= 40; rows += 39) {
+                pio_tensor *xx = R(PIO_F32, rows, 64), *ww[2] = {R(PIO_BF16, 70, 64), R(PIO_BF16, 9, 64)};
+                pio_tensor *ya[2] = {T(PIO_F32, rows, 70), T(PIO_F32, rows, 9)};
+                pio_tensor *yb[2] = {T(PIO_F32, rows, 70), T(PIO_F32, rows, 9)};
+                if (rnd) pio_cpu_round_bf16(xx);
+                CHECK(pio_cpu_matmul_ex(pools[p], xx, 2, (const pio_tensor *const *)ww, ya, rnd,
+                                        &err) == PIO_OK);
+                CHECK(pio_cpu_linear(pools[p], xx, 2, (const pio_tensor *const *)ww, yb, rnd,
+                                     &err) == PIO_OK);
+                for (int i = 0; i < 2; i++) {
+                    if (rnd) pio_cpu_round_bf16(ya[i]);
+                    CHECK_MSG(!memcmp(fdata(ya[i]), fdata(yb[i]), (size_t)pio_tensor_numel(ya[i]) * 4),
+                              "linear differs (rows %lld, round %d)", (long long)rows, rnd);
+                    pio_tensor_free(ww[i]);
+                    pio_tensor_free(ya[i]);
+                    pio_tensor_free(yb[i]);
+                }
+                pio_tensor_free(xx);
+            }
+            pio_tensor *all[] = {g, u, a, b, x1, r, w, x2, y1, y2};
+            for (size_t i = 0; i < sizeof all / sizeof *all; i++) pio_tensor_free(all[i]);
+        }
+}
+
 /* ---- binary -------------------------------------------------------------- */
 
 static void test_binary(void) {
@@ -880,6 +932,7 @@ int main(void) {
     test_rope();
     test_softmax();
     test_silu_mul();
+    test_fused_equal();
     test_binary();
     test_round_bf16();
     test_embedding();
