@@ -486,6 +486,22 @@ static void op_chain(void) {
                100 * floor_ms / t, floor_ms);
         snprintf(name, sizeof name, "decode @ %d, CUDA graph", at[i]);
         printf("%-44s %10.3f %10.1f %5.1f%% of bandwidth roofline\n", name, tg, 1e3 / tg, 100 * floor_ms / tg);
+        /* The same graph with programmatic dependent launch between the kernels. */
+        bool was = pio_cuda_pdl(ctx);
+        pio_cuda_set_pdl(ctx, true);
+        if (pio_cuda_pdl(ctx)) {
+            g = NULL;
+            chain_run(&c, 0);
+            if (pio_cuda_graph_begin(ctx, &err)) die("graph", &err);
+            chain_run(&c, 0);
+            if (pio_cuda_graph_end(ctx, &g, &err)) die("graph (PDL)", &err);
+            double tp = time_ms(run_graph, g, 3, quick ? 10 : 30);
+            pio_cuda_graph_free(g);
+            snprintf(name, sizeof name, "decode @ %d, CUDA graph + PDL", at[i]);
+            printf("%-44s %10.3f %10.1f %5.1f%% of bandwidth roofline\n", name, tp, 1e3 / tp,
+                   100 * floor_ms / tp);
+        }
+        pio_cuda_set_pdl(ctx, was);
     }
     chain_free(&c);
     printf("\n");

@@ -122,6 +122,17 @@ if [ -x "$build/pio" ]; then
     step model-bench 360 env PIO_GPU_COPY_GBS="$copy" PIO_GPU_PEAK_TFLOPS="$peak" \
       "$build/pio" bench "$root/bench/cuda.lua" --reps "$reps" --json "$logs/bench-cuda.json"
   fi
+  # The same model with programmatic dependent launch between kernels
+  # (PIO_CUDA_PDL=1): the specs again (same numbers expected), then decode and a
+  # prompt, to compare with the rows above. PIO_GPU_PDL=0 skips it.
+  if [ "${PIO_GPU_PDL:-1}" = 1 ]; then
+    step gpu-specs-pdl 300 env PIO_CUDA_PDL=1 PIO_BUILD_DIR="$build" "${busted_cmd[@]}" --tags=gpu
+    if [[ ",$benches," == *,dense,* ]]; then
+      step model-bench-pdl 240 env PIO_CUDA_PDL=1 PIO_BENCH_PEERS=0 PIO_BENCH_TESTS=tg128,pp512 \
+        PIO_GPU_COPY_GBS="$copy" PIO_GPU_PEAK_TFLOPS="$peak" \
+        "$build/pio" bench "$root/bench/cuda.lua" --reps "$reps" --json "$logs/bench-cuda-pdl.json"
+    fi
+  fi
   # Qwen3-MoE at the 30B-A3B shape (about 61 GB of bf16 weights: an 80 GB card).
   if [[ ",$benches," == *,moe,* ]]; then
     step moe-bench 300 env PIO_GPU_COPY_GBS="$copy" \
@@ -140,6 +151,13 @@ if [ -f "$logs/gpu-specs.log" ]; then
 fi
 if [ -f "$logs/model-bench.log" ]; then
   sed -n '/^| model/,$p' "$logs/model-bench.log" | grep -vE "^(peak memory|wrote)" || true
+fi
+if [ -f "$logs/gpu-specs-pdl.log" ]; then
+  grep -E "^[0-9]+ passed, [0-9]+ failed" "$logs/gpu-specs-pdl.log" | tail -n 1 | sed 's/^/gpu specs with PDL: /' || true
+fi
+if [ -f "$logs/model-bench-pdl.log" ]; then
+  echo "with programmatic dependent launch (PIO_CUDA_PDL=1):"
+  grep -E "^\| qwen3" "$logs/model-bench-pdl.log" | head -n 4 || true
 fi
 if [ -f "$logs/moe-bench.log" ]; then
   sed -n '/on cuda, bf16/,$p' "$logs/moe-bench.log" | grep -vE "^(peak memory|pio bench: wrote)" || true

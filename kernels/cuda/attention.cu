@@ -105,6 +105,7 @@ static __device__ __forceinline__ float weight_of(float m, float M) {
 
 template <int DPL, int MODE>
 static __global__ void __launch_bounds__(SP_THREADS) attn_split_kernel(split_args a) {
+    pio_wait_prior();
     __shared__ float sm_m[SP_WARPS][SP_GB], sm_l[SP_WARPS][SP_GB];
     __shared__ float sm_o[MODE == MODE_STATS ? 1 : SP_WARPS][SP_GB][32 * DPL];
     const int t = blockIdx.x, kvh = blockIdx.y / a.hb_count, hb = blockIdx.y % a.hb_count;
@@ -251,6 +252,7 @@ static __global__ void __launch_bounds__(SP_THREADS) attn_split_kernel(split_arg
 /* Block (token, head): combines the splits. FLASH: Σ_s o_s e^(m_s − M) / Σ_s l_s e^(m_s − M);
  * ROUND: Σ_s o_s (the probabilities were already final). */
 static __global__ void attn_reduce_kernel(split_args a, bool round_mode) {
+    pio_wait_prior();
     const int64_t row = blockIdx.x; /* t * H + h */
     const int64_t t = row / a.H, h = row % a.H;
     const float *ml = a.part_ml + row * a.nsplit * 2;
@@ -269,11 +271,11 @@ static __global__ void attn_reduce_kernel(split_args a, bool round_mode) {
 }
 
 template <int DPL>
-static void launch_split(const split_args &a, dim3 grid, int mode, cudaStream_t s) {
+static void launch_split(const pio_cuda_ctx *ctx, const split_args &a, dim3 grid, int mode) {
     switch (mode) {
-    case MODE_FLASH: attn_split_kernel<DPL, MODE_FLASH><<<grid, SP_THREADS, 0, s>>>(a); break;
-    case MODE_STATS: attn_split_kernel<DPL, MODE_STATS><<<grid, SP_THREADS, 0, s>>>(a); break;
-    default: attn_split_kernel<DPL, MODE_ROUND><<<grid, SP_THREADS, 0, s>>>(a); break;
+    case MODE_FLASH: pio_launch(ctx, attn_split_kernel<DPL, MODE_FLASH>, grid, SP_THREADS, 0, a); break;
+    case MODE_STATS: pio_launch(ctx, attn_split_kernel<DPL, MODE_STATS>, grid, SP_THREADS, 0, a); break;
+    default: pio_launch(ctx, attn_split_kernel<DPL, MODE_ROUND>, grid, SP_THREADS, 0, a); break;
     }
 }
 
@@ -311,11 +313,11 @@ static pio_status run_split(pio_cuda_ctx *ctx, split_args a, int64_t n, int64_t 
     const dim3 grid((unsigned)n, (unsigned)(a.Hkv * a.hb_count), (unsigned)nsplit);
     auto launch = [&](int mode) {
         if (dpl == 2)
-            launch_split<2>(a, grid, mode, ctx->stream);
+            launch_split<2>(ctx, a, grid, mode);
         else if (dpl == 4)
-            launch_split<4>(a, grid, mode, ctx->stream);
+            launch_split<4>(ctx, a, grid, mode);
         else
-            launch_split<8>(a, grid, mode, ctx->stream);
+            launch_split<8>(ctx, a, grid, mode);
     };
     pio_status st;
     if (round_bf16) { /* pass 1 (max and sum per split), then pass 2 with the final ones */
@@ -327,7 +329,7 @@ static pio_status run_split(pio_cuda_ctx *ctx, split_args a, int64_t n, int64_t 
     }
     if ((st = pio_cuda_launched(err, "attention (split)"))) return st;
     if (nsplit > 1) {
-        attn_reduce_kernel<<<(unsigned)(n * a.H), 128, 0, ctx->stream>>>(a, round_bf16);
+        pio_launch(ctx, attn_reduce_kernel, dim3((unsigned)(n * a.H)), dim3(128), 0, a, round_bf16);
         if ((st = pio_cuda_launched(err, "attention (reduce)"))) return st;
     }
     return PIO_OK;

@@ -366,6 +366,10 @@ pio_cuda_ctx *pio_cuda_ctx_new(const pio_cuda_ctx_opts *opts, pio_error *err) {
         pio_cublas_fail(err, cs, "cublasSetWorkspace");
         goto fail;
     }
+    {
+        const char *pdl = getenv("PIO_CUDA_PDL");
+        ctx->pdl = pdl && strcmp(pdl, "1") == 0 && ctx->info.cc_major >= 9;
+    }
     ctx->mm_path = PIO_CUDA_MM_AUTO;
     ctx->attn_path = PIO_CUDA_ATTN_AUTO;
     return ctx;
@@ -838,3 +842,9 @@ double pio_cuda_event_ms(pio_cuda_event *a, pio_cuda_event *b, pio_error *err) {
     }
     return ms;
 }
+
+void pio_cuda_set_pdl(pio_cuda_ctx *ctx, bool on) {
+    if (!ctx->capturing) ctx->pdl = on && ctx->info.cc_major >= 9;
+}
+
+bool pio_cuda_pdl(const pio_cuda_ctx *ctx) { return ctx->pdl; }

@@ -40,6 +40,7 @@ struct pio_cuda_ctx {
     size_t ws_bytes;
 
     bool capturing;
+    bool pdl;           /* programmatic dependent launch (pio_cuda_set_pdl) */
     bool attn_smem_set; /* the tensor-core kernels' shared-memory limit raised */
 
     pio_cuda_mm_path mm_path;
@@ -168,6 +169,42 @@ static __device__ __forceinline__ float block_max(float v, float *red) {
     __syncthreads();
     float t = lane < nw ? red[lane] : -INFINITY;
     return warp_max(t);
+}
+
+/* Programmatic dependent launch (Hopper): a kernel launched with it may be
+ * scheduled while the one before it is still finishing; it must wait here,
+ * before touching memory, for the earlier grids to complete. Every kernel of
+ * the decode chain starts with this wait, so reads after writes and writes
+ * after reads stay ordered exactly as on a plain stream; what overlaps is the
+ * launch and the blocks' start-up. Without the launch attribute (or before
+ * sm_90) the wait returns at once. */
+static __device__ __forceinline__ void pio_wait_prior() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cudaGridDependencySynchronize();
+#endif
+}
+
+/* kernel<<<grid, block, smem, ctx's stream>>>(args...), with programmatic
+ * dependent launch when ctx->pdl. Errors show up in cudaGetLastError, as for
+ * <<<>>> (pio_cuda_launched). */
+template <typename... KArgs, typename... Args>
+static inline void pio_launch(const pio_cuda_ctx *ctx, void (*kernel)(KArgs...), dim3 grid,
+                              dim3 block, size_t smem, Args... args) {
+    if (!ctx->pdl) {
+        kernel<<<grid, block, smem, ctx->stream>>>(args...);
+        return;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = ctx->stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
 static inline unsigned pio_cuda_blocks(int64_t n, int per_block) {

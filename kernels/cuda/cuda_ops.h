@@ -338,6 +338,14 @@ void pio_cuda_set_attn_bf16_q(pio_cuda_ctx *ctx, bool allow);
  * (enough blocks for two waves; a graph capture plans for the whole context). */
 void pio_cuda_set_attn_splits(pio_cuda_ctx *ctx, int splits);
 
+/* Programmatic dependent launch (Hopper): each kernel of the decode chain may
+ * be scheduled while the one before it finishes, and waits on the device for
+ * it before touching memory, so results do not change; launch gaps shrink.
+ * Off by default; PIO_CUDA_PDL=1 in the environment turns it on for new
+ * contexts. Not while capturing a graph. */
+void pio_cuda_set_pdl(pio_cuda_ctx *ctx, bool on);
+bool pio_cuda_pdl(const pio_cuda_ctx *ctx);
+
 /* ---- CUDA graphs (a decode step captured once, replayed per token) --------- */
 
 typedef struct pio_cuda_graph pio_cuda_graph;

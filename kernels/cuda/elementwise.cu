@@ -22,6 +22,7 @@ static unsigned grid_rows(int64_t rows) { return (unsigned)(rows < 65535 ? (rows
 
 static __global__ void embedding_kernel(const void *table, bool t_bf16, int64_t d,
                                         const int32_t *ids, int64_t n, pio_rows out) {
+    pio_wait_prior();
     for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
         const int64_t src = (int64_t)ids[r] * d, dst = out.at(r);
         for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
@@ -55,9 +56,9 @@ pio_status pio_cuda_embedding(pio_cuda_ctx *ctx, const pio_tensor *table, const 
                     "%s: token id %d (at %d) is out of range for a vocabulary of %lld", op,
                     (int)b->ids[i], (int)i, (long long)vocab);
     if (b->n == 0 || table->shape[1] == 0) return PIO_OK;
-    embedding_kernel<<<grid_rows(b->n), row_threads(table->shape[1]), 0, ctx->stream>>>(
-        pio_tensor_data(table), table->dtype == PIO_BF16, table->shape[1], b->d_ids, b->n,
-        pio_cuda_rows(out));
+    pio_launch(ctx, embedding_kernel, dim3(grid_rows(b->n)), dim3(row_threads(table->shape[1])), 0,
+               (const void *)pio_tensor_data(table), table->dtype == PIO_BF16, table->shape[1],
+               (const int32_t *)b->d_ids, (int64_t)b->n, pio_cuda_rows(out));
     return pio_cuda_launched(err, op);
 }
 
@@ -68,6 +69,7 @@ pio_status pio_cuda_embedding(pio_cuda_ctx *ctx, const pio_tensor *table, const 
  * wrote in pass 1, so x may be y when r is absent. */
 static __global__ void add_rmsnorm_kernel(pio_rows x, pio_rows r, bool has_r, const void *w,
                                           bool w_bf16, float eps, pio_rows y, bool rnd) {
+    pio_wait_prior();
     __shared__ float red[32];
     const int64_t d = x.width;
     for (int64_t row = blockIdx.x; row < x.rows; row += gridDim.x) {
@@ -118,8 +120,9 @@ pio_status pio_cuda_add_rmsnorm(pio_cuda_ctx *ctx, pio_tensor *x, const pio_tens
     pio_rows xr = pio_cuda_rows_last(x), yr = pio_cuda_rows_last(y);
     pio_rows rr = r ? pio_cuda_rows_last(r) : xr;
     if (xr.rows == 0 || xr.width == 0) return PIO_OK;
-    add_rmsnorm_kernel<<<grid_rows(xr.rows), row_threads(xr.width), 0, ctx->stream>>>(
-        xr, rr, r != NULL, pio_tensor_data(w), w->dtype == PIO_BF16, eps, yr, round_bf16);
+    pio_launch(ctx, add_rmsnorm_kernel, dim3(grid_rows(xr.rows)), dim3(row_threads(xr.width)), 0,
+               xr, rr, r != NULL, (const void *)pio_tensor_data(w), w->dtype == PIO_BF16, eps, yr,
+               round_bf16);
     return pio_cuda_launched(err, op);
 }
 
@@ -151,6 +154,7 @@ struct head_args {
 };
 
 static __global__ void head_kernel(head_args a) {
+    pio_wait_prior();
     extern __shared__ float hv[]; /* [D] the normed head, for the RoPE partner */
     __shared__ float red[32];
     const int64_t t = blockIdx.x;
@@ -216,8 +220,8 @@ static pio_status launch_heads(pio_cuda_ctx *ctx, const head_args &a, int64_t n,
         return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: %d heads per token (at most 65535)", op,
                              heads);
     const int threads = (a.D + 31) / 32 * 32;
-    head_kernel<<<dim3((unsigned)n, (unsigned)heads), threads, (size_t)a.D * sizeof(float),
-                  ctx->stream>>>(a);
+    pio_launch(ctx, head_kernel, dim3((unsigned)n, (unsigned)heads), dim3(threads),
+               (size_t)a.D * sizeof(float), a);
     return pio_cuda_launched(err, op);
 }
 
@@ -425,6 +429,7 @@ static dim3 ew_grid(int64_t rows, int64_t width) {
 }
 
 static __global__ void silu_mul_kernel(pio_rows g, pio_rows u, pio_rows o, bool rnd) {
+    pio_wait_prior();
     const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i >= g.width) return;
     for (int64_t r = blockIdx.y; r < g.rows; r += gridDim.y) {
@@ -452,11 +457,12 @@ pio_status pio_cuda_silu_mul(pio_cuda_ctx *ctx, const pio_tensor *gate, const pi
                                     "out overlaps an input without being the same tensor");
     pio_rows g = pio_cuda_rows(gate), u = pio_cuda_rows(up), o = pio_cuda_rows(out);
     if (g.rows == 0 || g.width == 0) return PIO_OK;
-    silu_mul_kernel<<<ew_grid(g.rows, g.width), 256, 0, ctx->stream>>>(g, u, o, round_bf16);
+    pio_launch(ctx, silu_mul_kernel, ew_grid(g.rows, g.width), dim3(256), 0, g, u, o, round_bf16);
     return pio_cuda_launched(err, op);
 }
 
 static __global__ void binary_kernel(int op, pio_rows a, pio_rows b, bool scalar_b, pio_rows o) {
+    pio_wait_prior();
     const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i >= a.width) return;
     const float bs = scalar_b ? load_act(b.p, 0, b.bf16) : 0.0f;
@@ -491,12 +497,13 @@ pio_status pio_cuda_binary(pio_cuda_ctx *ctx, pio_binary_op bop, const pio_tenso
                                     "out overlaps an input without being the same tensor");
     pio_rows ar = pio_cuda_rows(a), br = pio_cuda_rows(b), orr = pio_cuda_rows(out);
     if (ar.rows == 0 || ar.width == 0) return PIO_OK;
-    binary_kernel<<<ew_grid(ar.rows, ar.width), 256, 0, ctx->stream>>>((int)bop, ar, br, scalar_b,
-                                                                        orr);
+    pio_launch(ctx, binary_kernel, ew_grid(ar.rows, ar.width), dim3(256), 0, (int)bop, ar, br,
+               scalar_b, orr);
     return pio_cuda_launched(err, op);
 }
 
 static __global__ void round_kernel(pio_rows x) {
+    pio_wait_prior();
     const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i >= x.width) return;
     for (int64_t r = blockIdx.y; r < x.rows; r += gridDim.y) {
@@ -512,7 +519,7 @@ pio_status pio_cuda_round_bf16(pio_cuda_ctx *ctx, pio_tensor *x, pio_error *err)
     if (x->dtype == PIO_BF16) return PIO_OK; /* already bf16 values */
     pio_rows r = pio_cuda_rows(x);
     if (r.rows == 0 || r.width == 0) return PIO_OK;
-    round_kernel<<<ew_grid(r.rows, r.width), 256, 0, ctx->stream>>>(r);
+    pio_launch(ctx, round_kernel, ew_grid(r.rows, r.width), dim3(256), 0, r);
     return pio_cuda_launched(err, "round_bf16");
 }
 

@@ -78,6 +78,7 @@ static __global__ void __launch_bounds__(MV_THREADS)
     matvec_bf16_kernel(const uint16_t *__restrict__ w, int64_t m, int64_t k,
                        const void *__restrict__ x, int64_t ldx, int n, void *__restrict__ y,
                        int64_t ldy, bool y_bf16, int wpr) {
+    pio_wait_prior();
     __shared__ float part_sum[MV_WARPS][NT];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int rows_per_block = MV_WARPS / wpr, part = warp % wpr;
@@ -125,6 +126,7 @@ static __global__ void __launch_bounds__(MV_THREADS)
     matvec_generic_kernel(const void *__restrict__ w, bool w_bf16, int64_t m, int64_t k,
                           const void *__restrict__ x, bool x_bf16, int64_t ldx, int n,
                           void *__restrict__ y, int64_t ldy, bool y_bf16) {
+    pio_wait_prior();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * MV_WARPS + warp;
     if (row >= m) return;
@@ -208,14 +210,16 @@ static int auto_wpr(const pio_cuda_ctx *ctx, int64_t m) {
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 template <int NT>
-static void launch_mv_fast(const mm_args &a, int n, const void *x, void *y, int wpr, cudaStream_t s) {
+static void launch_mv_fast(const pio_cuda_ctx *ctx, const mm_args &a, int n, const void *x,
+                           void *y, int wpr) {
     const unsigned blocks = pio_cuda_blocks(a.m, MV_WARPS / wpr);
+    const uint16_t *w = (const uint16_t *)a.w;
     if (a.x_bf16)
-        matvec_bf16_kernel<NT, true><<<blocks, MV_THREADS, 0, s>>>(
-            (const uint16_t *)a.w, a.m, a.k, x, a.ldx, n, y, a.ldy, a.y_bf16, wpr);
+        pio_launch(ctx, matvec_bf16_kernel<NT, true>, dim3(blocks), dim3(MV_THREADS), 0, w, a.m,
+                   a.k, x, a.ldx, n, y, a.ldy, a.y_bf16, wpr);
     else
-        matvec_bf16_kernel<NT, false><<<blocks, MV_THREADS, 0, s>>>(
-            (const uint16_t *)a.w, a.m, a.k, x, a.ldx, n, y, a.ldy, a.y_bf16, wpr);
+        pio_launch(ctx, matvec_bf16_kernel<NT, false>, dim3(blocks), dim3(MV_THREADS), 0, w, a.m,
+                   a.k, x, a.ldx, n, y, a.ldy, a.y_bf16, wpr);
 }
 
 static pio_status run_matvec(pio_cuda_ctx *ctx, const mm_args &a, pio_error *err) {
@@ -228,16 +232,17 @@ static pio_status run_matvec(pio_cuda_ctx *ctx, const mm_args &a, pio_error *err
         const void *x = (const char *)a.x + (size_t)(t0 * a.ldx) * xes;
         void *y = (char *)a.y + (size_t)(t0 * a.ldy) * yes;
         if (!fast) {
-            matvec_generic_kernel<<<pio_cuda_blocks(a.m, MV_WARPS), MV_THREADS, 0, ctx->stream>>>(
-                a.w, a.w_bf16, a.m, a.k, x, a.x_bf16, a.ldx, n, y, a.ldy, a.y_bf16);
+            pio_launch(ctx, matvec_generic_kernel, dim3(pio_cuda_blocks(a.m, MV_WARPS)),
+                       dim3(MV_THREADS), 0, a.w, a.w_bf16, a.m, a.k, x, a.x_bf16, a.ldx, n, y,
+                       a.ldy, a.y_bf16);
         } else if (n == 1) {
-            launch_mv_fast<1>(a, n, x, y, wpr, ctx->stream);
+            launch_mv_fast<1>(ctx, a, n, x, y, wpr);
         } else if (n == 2) {
-            launch_mv_fast<2>(a, n, x, y, wpr, ctx->stream);
+            launch_mv_fast<2>(ctx, a, n, x, y, wpr);
         } else if (n <= 4) {
-            launch_mv_fast<4>(a, n, x, y, wpr, ctx->stream);
+            launch_mv_fast<4>(ctx, a, n, x, y, wpr);
         } else {
-            launch_mv_fast<8>(a, n, x, y, wpr, ctx->stream);
+            launch_mv_fast<8>(ctx, a, n, x, y, wpr);
         }
         pio_status st = pio_cuda_launched(err, "matmul (matvec)");
         if (st) return st;

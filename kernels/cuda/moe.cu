@@ -25,6 +25,7 @@ struct route_args {
 /* One block per token: exponentials in parallel, then thread 0 sums, picks and
  * normalises in the CPU's order. Shared: score[E], taken[E]. */
 static __global__ void route_kernel(route_args a) {
+    pio_wait_prior();
     extern __shared__ float score[];
     bool *taken = (bool *)(score + a.E);
     __shared__ float row_max;
@@ -91,7 +92,7 @@ pio_status pio_cuda_moe_route(pio_cuda_ctx *ctx, const pio_tensor *logits,
                     p->norm_eps, p->scale, ids, weights};
     if (a.n == 0) return PIO_OK;
     size_t smem = (size_t)E * (sizeof(float) + sizeof(bool));
-    route_kernel<<<(unsigned)a.n, 128, smem, ctx->stream>>>(a);
+    pio_launch(ctx, route_kernel, dim3((unsigned)a.n), dim3(128), smem, a);
     return pio_cuda_launched(err, op);
 }
 
@@ -99,6 +100,7 @@ pio_status pio_cuda_moe_route(pio_cuda_ctx *ctx, const pio_tensor *logits,
 
 static __global__ void sort_kernel(const int32_t *ids, int32_t n_pairs, int32_t E, int32_t *offsets,
                                    int32_t *pair_of_row, int32_t *row_of_pair) {
+    pio_wait_prior();
     for (int32_t e = 0; e <= E; e++) offsets[e] = 0;
     for (int32_t i = 0; i < n_pairs; i++) {
         int32_t e = ids[i];
@@ -123,8 +125,8 @@ pio_status pio_cuda_moe_sort(pio_cuda_ctx *ctx, const int32_t *ids, int64_t n_pa
     if (n_expert < 1 || n_pairs < 0 || n_pairs > INT32_MAX)
         return pio_error_set(err, PIO_ERR_INVALID, "moe_sort: %lld pairs over %d experts",
                              (long long)n_pairs, n_expert);
-    sort_kernel<<<1, 1, 0, ctx->stream>>>(ids, (int32_t)n_pairs, n_expert, offsets, pair_of_row,
-                                          row_of_pair);
+    pio_launch(ctx, sort_kernel, dim3(1), dim3(1), 0, ids, (int32_t)n_pairs, n_expert, offsets,
+               pair_of_row, row_of_pair);
     return pio_cuda_launched(err, "moe_sort");
 }
 
@@ -180,6 +182,7 @@ struct expert_args {
 };
 
 static __global__ void expert_matmul_kernel(expert_args a) {
+    pio_wait_prior();
     extern __shared__ float xs[]; /* [rmax][k] */
     const int e = blockIdx.y;
     const int32_t first = a.offsets[e], last = a.offsets[e + 1];
@@ -269,7 +272,7 @@ pio_status pio_cuda_moe_expert_matmul(pio_cuda_ctx *ctx, const pio_tensor *x,
                      offsets, pair_of_row, top_k, rmax, x_by_token};
     if (a.y.rows == 0 || m == 0) return PIO_OK;
     dim3 grid(pio_cuda_blocks(m, EXPERT_ROWS_PER_BLOCK), (unsigned)n_expert);
-    expert_matmul_kernel<<<grid, EXPERT_THREADS, (size_t)rmax * row_bytes, ctx->stream>>>(a);
+    pio_launch(ctx, expert_matmul_kernel, grid, dim3(EXPERT_THREADS), (size_t)rmax * row_bytes, a);
     return pio_cuda_launched(err, op);
 }
 
@@ -286,6 +289,7 @@ struct combine_args {
 /* One block per token; each thread its columns, the terms in the CPU's order
  * and with its roundings (moe.c combine_token). */
 static __global__ void combine_kernel(combine_args a) {
+    pio_wait_prior();
     const int64_t t = blockIdx.y;
     int32_t order[32];
     for (int32_t j = 0; j < a.K; j++) order[j] = j;
@@ -339,6 +343,6 @@ pio_status pio_cuda_moe_combine(pio_cuda_ctx *ctx, const pio_tensor *y, const in
     if (a.out.rows == 0 || a.out.width == 0) return PIO_OK;
     unsigned bx = pio_cuda_blocks(a.out.width, 256);
     dim3 grid(bx < 16 ? bx : 16, (unsigned)a.out.rows);
-    combine_kernel<<<grid, 256, 0, ctx->stream>>>(a);
+    pio_launch(ctx, combine_kernel, grid, dim3(256), 0, a);
     return pio_cuda_launched(err, op);
 }

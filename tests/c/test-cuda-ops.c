@@ -929,6 +929,22 @@ int main(void) {
     test_attention();
     test_moe();
     test_graph();
+    /* Again with programmatic dependent launch between kernels: the same results. */
+    pio_cuda_set_pdl(ctx, true);
+    if (pio_cuda_pdl(ctx)) {
+        printf("again with programmatic dependent launch\n");
+        test_elementwise();
+        test_norm();
+        test_heads();
+        test_moe();
+        test_graph();
+        bool was_quick = quick;
+        quick = true;
+        test_matmul();
+        test_attention();
+        quick = was_quick;
+    }
+    pio_cuda_set_pdl(ctx, false);
 
     CHECK_MSG(pio_cuda_sync(ctx, &err) == PIO_OK, "asynchronous failure: %s", err.msg);
     pio_cuda_mem_stats ms;
