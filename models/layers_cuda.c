@@ -171,12 +171,13 @@ pio_status pio_cuda_build_moe(pio_model *m, const pio_moe_weights *w, const pio_
         (st = pio_model_cuda_scratch(m, PIO_SLOT_GATE, pairs, F, &gate, err)) ||
         (st = pio_model_cuda_scratch(m, PIO_SLOT_UP, pairs, F, &up, err)) ||
         (st = pio_model_cuda_scratch(m, PIO_SLOT_MOE_Y, pairs, E, &yg, err)) ||
-        (st = pio_model_cuda_scratch(m, PIO_SLOT_MOE_IDX, 1, 4 * pairs + n_exp + 1, &idx, err)))
+        (st = pio_model_cuda_scratch(m, PIO_SLOT_MOE_IDX, 1, 4 * pairs + 2 * (n_exp + 1), &idx,
+                                     err)))
         return st;
     int32_t *ids = pio_tensor_data(&idx); /* device arrays, 4 bytes each */
     float *weights = (float *)(ids + pairs);
     int32_t *pair_of_row = ids + 2 * pairs, *row_of_pair = ids + 3 * pairs;
-    int32_t *offsets = ids + 4 * pairs;
+    int32_t *offsets = ids + 4 * pairs, *active = offsets + n_exp + 1;
 
     /* Route (a bf16 linear unless the architecture keeps the router in f32). */
     if ((st = pio_cuda_matmul(CTX(m), h, w->router, &logits, err))) return st;
@@ -186,7 +187,7 @@ pio_status pio_cuda_build_moe(pio_model *m, const pio_moe_weights *w, const pio_
     rp.round_bf16 = m->round_bf16 && p->weights_bf16;
     if ((st = pio_cuda_moe_route(CTX(m), &logits, &rp, ids, weights, err)) ||
         (st = pio_cuda_moe_sort(CTX(m), ids, pairs, n_exp, offsets, pair_of_row, row_of_pair,
-                                err)))
+                                active, err)))
         return st;
 
     const pio_dtype wdt = w->gate[0]->dtype;
@@ -197,12 +198,12 @@ pio_status pio_cuda_build_moe(pio_model *m, const pio_moe_weights *w, const pio_
             !(dp = pio_model_cuda_pointers(m, w->down, n_exp, err)))
             return err->status;
         if ((st = pio_cuda_moe_expert_matmul(CTX(m), h, gp, wdt, F, E, n_exp, offsets,
-                                             pair_of_row, k, true, &gate, err)) ||
+                                             active, pair_of_row, k, true, &gate, err)) ||
             (st = pio_cuda_moe_expert_matmul(CTX(m), h, upp, wdt, F, E, n_exp, offsets,
-                                             pair_of_row, k, true, &up, err)) ||
+                                             active, pair_of_row, k, true, &up, err)) ||
             (st = pio_cuda_silu_mul(CTX(m), &gate, &up, &gate, m->round_bf16, err)) ||
             (st = pio_cuda_moe_expert_matmul(CTX(m), &gate, dp, wdt, E, F, n_exp, offsets,
-                                             pair_of_row, k, false, &yg, err)))
+                                             active, pair_of_row, k, false, &yg, err)))
             return st;
     } else {
         /* The host needs each expert's row count to size its product. */

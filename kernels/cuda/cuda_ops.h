@@ -277,24 +277,28 @@ pio_status pio_cuda_qk_norm_rope_kv(pio_cuda_ctx *ctx, const pio_cuda_qkv_args *
 pio_status pio_cuda_moe_route(pio_cuda_ctx *ctx, const pio_tensor *logits,
                               const pio_moe_route_params *p, int32_t *ids, float *weights,
                               pio_error *err);
-/* pio_cpu_moe_sort on the device (offsets [E + 1], pair_of_row, row_of_pair [n_pairs]). */
+/* pio_cpu_moe_sort on the device (offsets [E + 1], pair_of_row, row_of_pair [n_pairs]),
+ * and the experts that got rows: active [E + 1], active[0] = how many, then their ids
+ * ascending. n_expert <= 4096. */
 pio_status pio_cuda_moe_sort(pio_cuda_ctx *ctx, const int32_t *ids, int64_t n_pairs,
                              int32_t n_expert, int32_t *offsets, int32_t *pair_of_row,
-                             int32_t *row_of_pair, pio_error *err);
+                             int32_t *row_of_pair, int32_t *active, pio_error *err);
 /* out[r, :] = x[pair_of_row[r] / top_k, :]; x [n, d], out [rows, d] f32|bf16. */
 pio_status pio_cuda_moe_gather(pio_cuda_ctx *ctx, const pio_tensor *x, const int32_t *pair_of_row,
                                int32_t top_k, pio_tensor *out, pio_error *err);
 /* y[r, :] = W_e · x[src, :] for the rows r = offsets[e] .. offsets[e+1]-1 of each expert
  * e (the grouped layout of pio_cuda_moe_sort), src = pair_of_row[r] / top_k (x_by_token:
  * x is the layer input [n, k]) or r (x is grouped [rows, k]). d_weights: a device array
- * of n_expert pointers to [m, k] weights (w_dtype f32|bf16). Each chosen expert's weights
+ * of n_expert pointers to [m, k] weights (w_dtype f32|bf16); active: the list
+ * pio_cuda_moe_sort made (blocks go to chosen experts alone). Each chosen expert's weights
  * are read once per batch (in passes of up to 8 rows), unchosen ones never: the path for
  * decode and small batches; prompts use pio_cuda_matmul per expert. k <= 12288. */
 pio_status pio_cuda_moe_expert_matmul(pio_cuda_ctx *ctx, const pio_tensor *x,
                                       const void *const *d_weights, pio_dtype w_dtype, int64_t m,
                                       int64_t k, int32_t n_expert, const int32_t *offsets,
-                                      const int32_t *pair_of_row, int32_t top_k, bool x_by_token,
-                                      pio_tensor *y, pio_error *err);
+                                      const int32_t *active, const int32_t *pair_of_row,
+                                      int32_t top_k, bool x_by_token, pio_tensor *y,
+                                      pio_error *err);
 /* pio_cpu_moe_combine on the device: out[t, :] = Σ_j w · y[row_of_pair[t·k + j], :] with
  * the CPU's order and roundings; top_k <= 32. */
 pio_status pio_cuda_moe_combine(pio_cuda_ctx *ctx, const pio_tensor *y, const int32_t *row_of_pair,

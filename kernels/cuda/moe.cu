@@ -22,15 +22,21 @@ struct route_args {
     float *weights;   /* [n * K] */
 };
 
-/* One block per token: exponentials in parallel, then thread 0 sums, picks and
- * normalises in the CPU's order. Shared: score[E], taken[E]. */
+/* One block per token: exponentials in parallel; thread 0 sums them in the
+ * CPU's order (so the weights match it bit for bit); each of the top_k picks is
+ * a block-wide argmax with the CPU's tie rule (the larger score, then the lower
+ * expert id). Shared: score[E], taken[E]. */
+enum { ROUTE_THREADS = 128 };
+
 static __global__ void route_kernel(route_args a) {
     pio_wait_prior();
     extern __shared__ float score[];
     bool *taken = (bool *)(score + a.E);
-    __shared__ float row_max;
+    __shared__ float row_max, row_sum, red_v[ROUTE_THREADS / 32];
+    __shared__ int32_t red_i[ROUTE_THREADS / 32];
     const int64_t t = blockIdx.x;
     const float *row = a.logits + t * a.E;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (threadIdx.x == 0) {
         float mx = row[0];
         for (int32_t e = 1; e < a.E; e++) mx = row[e] > mx ? row[e] : mx;
@@ -42,23 +48,47 @@ static __global__ void route_kernel(route_args a) {
         taken[e] = false;
     }
     __syncthreads();
-    if (threadIdx.x != 0) return;
     if (a.softmax) {
-        float sum = 0.0f;
-        for (int32_t e = 0; e < a.E; e++) sum += score[e];
-        for (int32_t e = 0; e < a.E; e++) score[e] /= sum;
+        if (threadIdx.x == 0) {
+            float sum = 0.0f;
+            for (int32_t e = 0; e < a.E; e++) sum += score[e];
+            row_sum = sum;
+        }
+        __syncthreads();
+        for (int32_t e = threadIdx.x; e < a.E; e += blockDim.x) score[e] /= row_sum;
+        __syncthreads();
     }
     int32_t *id = a.ids + t * a.K;
-    float *w = a.weights + t * a.K, sum = 0.0f;
+    float *w = a.weights + t * a.K;
     for (int32_t j = 0; j < a.K; j++) {
-        int32_t best = -1;
-        for (int32_t e = 0; e < a.E; e++)
-            if (!taken[e] && (best < 0 || score[e] > score[best])) best = e;
-        taken[best] = true;
-        id[j] = best;
-        w[j] = score[best];
-        sum += w[j];
+        /* this thread's best untaken (larger score, then lower id) ... */
+        float bv = -INFINITY;
+        int32_t bi = -1;
+        for (int32_t e = threadIdx.x; e < a.E; e += blockDim.x)
+            if (!taken[e] && (bi < 0 || score[e] > bv)) bv = score[e], bi = e;
+        /* ... then the warp's and the block's, with the same rule */
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) bv = ov, bi = oi;
+        }
+        if (lane == 0) red_v[warp] = bv, red_i[warp] = bi;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            float v = red_v[0];
+            int32_t i = red_i[0];
+            for (int q = 1; q < (int)(blockDim.x >> 5); q++)
+                if (red_i[q] >= 0 && (i < 0 || red_v[q] > v || (red_v[q] == v && red_i[q] < i)))
+                    v = red_v[q], i = red_i[q];
+            taken[i] = true;
+            id[j] = i;
+            w[j] = score[i];
+        }
+        __syncthreads();
     }
+    if (threadIdx.x != 0) return;
+    float sum = 0.0f;
+    for (int32_t j = 0; j < a.K; j++) sum += w[j];
     for (int32_t j = 0; j < a.K; j++) {
         float v = w[j];
         if (a.norm) v /= sum + a.norm_eps;
@@ -92,41 +122,63 @@ pio_status pio_cuda_moe_route(pio_cuda_ctx *ctx, const pio_tensor *logits,
                     p->norm_eps, p->scale, ids, weights};
     if (a.n == 0) return PIO_OK;
     size_t smem = (size_t)E * (sizeof(float) + sizeof(bool));
-    pio_launch(ctx, route_kernel, dim3((unsigned)a.n), dim3(128), smem, a);
+    pio_launch(ctx, route_kernel, dim3((unsigned)a.n), dim3(ROUTE_THREADS), smem, a);
     return pio_cuda_launched(err, op);
 }
 
-/* ---- sort: a stable counting sort of the pairs by expert, one thread ---------------- */
+/* ---- sort: a stable counting sort of the pairs by expert ---------------------------------
+ * One block: the counts with shared-memory atomics, then thread 0 scans them
+ * and places the pairs in order (stable: a pair's row follows the earlier
+ * pairs of its expert), all in shared memory, and lists the experts that got
+ * rows: active[0] = how many, active[1..] = which (ascending), so the expert
+ * products launch blocks for those alone. Shared: cnt[E + 1] and, when they
+ * fit, the ids. */
+enum { SORT_THREADS = 256 };
 
-static __global__ void sort_kernel(const int32_t *ids, int32_t n_pairs, int32_t E, int32_t *offsets,
-                                   int32_t *pair_of_row, int32_t *row_of_pair) {
+static __global__ void sort_kernel(const int32_t *ids, int32_t n_pairs, int32_t E, bool staged,
+                                   int32_t *offsets, int32_t *pair_of_row, int32_t *row_of_pair,
+                                   int32_t *active) {
     pio_wait_prior();
-    for (int32_t e = 0; e <= E; e++) offsets[e] = 0;
-    for (int32_t i = 0; i < n_pairs; i++) {
-        int32_t e = ids[i];
-        if (e >= 0 && e < E) offsets[e + 1]++;
+    extern __shared__ int32_t cnt[]; /* [E + 1], then ids [n_pairs] when staged */
+    int32_t *sid = cnt + E + 1;
+    for (int32_t e = threadIdx.x; e <= E; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int32_t i = threadIdx.x; i < n_pairs; i += blockDim.x) {
+        const int32_t e = ids[i];
+        if (staged) sid[i] = e;
+        if (e >= 0 && e < E) atomicAdd(&cnt[e + 1], 1);
     }
-    for (int32_t e = 0; e < E; e++) offsets[e + 1] += offsets[e];
-    for (int32_t i = 0; i < n_pairs; i++) {
-        int32_t e = ids[i];
-        int32_t r = (e >= 0 && e < E) ? offsets[e]++ : 0; /* ids come from route_kernel */
-        pair_of_row[r] = i;
-        row_of_pair[i] = r;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int32_t n_active = 0;
+        for (int32_t e = 0; e < E; e++) {
+            if (cnt[e + 1] > 0) active[1 + n_active++] = e;
+            cnt[e + 1] += cnt[e];
+        }
+        active[0] = n_active;
+        for (int32_t e = 0; e <= E; e++) offsets[e] = cnt[e];
+        for (int32_t i = 0; i < n_pairs; i++) { /* cnt[e] walks expert e's rows */
+            const int32_t e = staged ? sid[i] : ids[i];
+            const int32_t r = (e >= 0 && e < E) ? cnt[e]++ : 0; /* ids come from route_kernel */
+            pair_of_row[r] = i;
+            row_of_pair[i] = r;
+        }
     }
-    for (int32_t e = E; e > 0; e--) offsets[e] = offsets[e - 1];
-    offsets[0] = 0;
 }
 
 pio_status pio_cuda_moe_sort(pio_cuda_ctx *ctx, const int32_t *ids, int64_t n_pairs,
                              int32_t n_expert, int32_t *offsets, int32_t *pair_of_row,
-                             int32_t *row_of_pair, pio_error *err) {
+                             int32_t *row_of_pair, int32_t *active, pio_error *err) {
     pio_status st = pio_cuda_enter(ctx, err);
     if (st) return st;
-    if (n_expert < 1 || n_pairs < 0 || n_pairs > INT32_MAX)
-        return pio_error_set(err, PIO_ERR_INVALID, "moe_sort: %lld pairs over %d experts",
+    if (n_expert < 1 || n_expert > 4096 || n_pairs < 0 || n_pairs > INT32_MAX)
+        return pio_error_set(err, PIO_ERR_INVALID, "moe_sort: %lld pairs over %d experts (1..4096)",
                              (long long)n_pairs, n_expert);
-    pio_launch(ctx, sort_kernel, dim3(1), dim3(1), 0, ids, (int32_t)n_pairs, n_expert, offsets,
-               pair_of_row, row_of_pair);
+    /* the ids go to shared memory too when both fit the default 48 KiB */
+    const bool staged = (size_t)(n_expert + 1 + n_pairs) * sizeof(int32_t) <= 48 * 1024;
+    const size_t smem = (size_t)(n_expert + 1 + (staged ? n_pairs : 0)) * sizeof(int32_t);
+    pio_launch(ctx, sort_kernel, dim3(1), dim3(SORT_THREADS), smem, ids, (int32_t)n_pairs,
+               n_expert, staged, offsets, pair_of_row, row_of_pair, active);
     return pio_cuda_launched(err, "moe_sort");
 }
 
@@ -176,7 +228,7 @@ struct expert_args {
     bool w_bf16;
     int64_t m, k;
     pio_rows x, y;
-    const int32_t *offsets, *pair_of_row;
+    const int32_t *offsets, *pair_of_row, *active;
     int32_t K, rmax;
     bool x_by_token;
 };
@@ -184,7 +236,8 @@ struct expert_args {
 static __global__ void expert_matmul_kernel(expert_args a) {
     pio_wait_prior();
     extern __shared__ float xs[]; /* [rmax][k] */
-    const int e = blockIdx.y;
+    if ((int)blockIdx.y >= a.active[0]) return; /* fewer experts chosen than blocks in y */
+    const int e = a.active[1 + blockIdx.y];
     const int32_t first = a.offsets[e], last = a.offsets[e + 1];
     if (first >= last) return;
     const void *w = a.w[e];
@@ -248,8 +301,9 @@ static __global__ void expert_matmul_kernel(expert_args a) {
 pio_status pio_cuda_moe_expert_matmul(pio_cuda_ctx *ctx, const pio_tensor *x,
                                       const void *const *d_weights, pio_dtype w_dtype, int64_t m,
                                       int64_t k, int32_t n_expert, const int32_t *offsets,
-                                      const int32_t *pair_of_row, int32_t top_k, bool x_by_token,
-                                      pio_tensor *y, pio_error *err) {
+                                      const int32_t *active, const int32_t *pair_of_row,
+                                      int32_t top_k, bool x_by_token, pio_tensor *y,
+                                      pio_error *err) {
     const char *op = "moe_expert_matmul";
     pio_status st = pio_cuda_enter(ctx, err);
     if (st) return st;
@@ -269,9 +323,11 @@ pio_status pio_cuda_moe_expert_matmul(pio_cuda_ctx *ctx, const pio_tensor *x,
     int rmax = (int)(smem_max / row_bytes);
     rmax = rmax > EXPERT_RMAX ? EXPERT_RMAX : rmax;
     expert_args a = {d_weights, w_dtype == PIO_BF16, m, k, pio_cuda_rows(x), pio_cuda_rows(y),
-                     offsets, pair_of_row, top_k, rmax, x_by_token};
+                     offsets, pair_of_row, active, top_k, rmax, x_by_token};
     if (a.y.rows == 0 || m == 0) return PIO_OK;
-    dim3 grid(pio_cuda_blocks(m, EXPERT_ROWS_PER_BLOCK), (unsigned)n_expert);
+    /* at most min(experts, rows) experts have rows: blocks in y for those alone */
+    const int64_t most = a.y.rows < n_expert ? a.y.rows : n_expert;
+    dim3 grid(pio_cuda_blocks(m, EXPERT_ROWS_PER_BLOCK), (unsigned)most);
     pio_launch(ctx, expert_matmul_kernel, grid, dim3(EXPERT_THREADS), (size_t)rmax * row_bytes, a);
     return pio_cuda_launched(err, op);
 }

@@ -688,20 +688,20 @@ static void check_moe(int64_t n, bool rnd) {
     pio_tensor *lh = HR(3.0f, rnd, n, E), *xh = HR(1.0f, rnd, n, d);
     pio_moe_route_params rp = {.scoring = PIO_MOE_SOFTMAX, .top_k = K, .norm = true,
                                .norm_eps = 0.0f, .scale = 1.0f, .round_bf16 = rnd};
-    int32_t *ids = malloc((size_t)(4 * pairs + E + 1) * sizeof *ids);
+    int32_t *ids = malloc((size_t)(4 * pairs + 2 * (E + 1)) * sizeof *ids);
     float *w = malloc((size_t)pairs * sizeof *w);
     int32_t *por = ids + pairs, *rop = ids + 2 * pairs, *off = ids + 3 * pairs;
     CHECK(pio_cpu_moe_route(lh, &rp, ids, w, &err) == PIO_OK);
     CHECK(pio_cpu_moe_sort(ids, pairs, E, off, por, rop, &err) == PIO_OK);
 
     /* the device's arrays live in one f32-typed tensor (4-byte words) */
-    pio_tensor *l = dev(lh, PIO_F32), *arr = DP(PIO_F32, 4 * pairs + E + 1);
+    pio_tensor *l = dev(lh, PIO_F32), *arr = DP(PIO_F32, 4 * pairs + 2 * (E + 1));
     int32_t *d_ids = pio_tensor_data(arr), *d_por = d_ids + 2 * pairs, *d_rop = d_ids + 3 * pairs;
     float *d_w = (float *)(d_ids + pairs);
-    int32_t *d_off = d_ids + 4 * pairs;
+    int32_t *d_off = d_ids + 4 * pairs, *d_act = d_off + E + 1;
     CHECK_MSG(pio_cuda_moe_route(ctx, l, &rp, d_ids, d_w, &err) == PIO_OK, "%s", err.msg);
-    CHECK_MSG(pio_cuda_moe_sort(ctx, d_ids, pairs, E, d_off, d_por, d_rop, &err) == PIO_OK, "%s",
-              err.msg);
+    CHECK_MSG(pio_cuda_moe_sort(ctx, d_ids, pairs, E, d_off, d_por, d_rop, d_act, &err) == PIO_OK,
+              "%s", err.msg);
     pio_tensor *got = down(arr);
     const int32_t *g = pio_tensor_data(got);
     const float *gw = (const float *)(g + pairs);
@@ -713,6 +713,12 @@ static void check_moe(int64_t n, bool rnd) {
         worst_w = fmax(worst_w, fabs((double)gw[i] - w[i]));
     }
     for (int e = 0; e <= E; e++) bad_rows += g[4 * pairs + e] != off[e];
+    /* the active list: how many experts got rows, then which, ascending */
+    const int32_t *listed = g + 4 * pairs + E + 1;
+    int n_listed = 0;
+    for (int e = 0; e < E; e++)
+        if (off[e + 1] > off[e]) bad_rows += listed[1 + n_listed++] != e;
+    bad_rows += listed[0] != n_listed;
     CHECK_MSG(bad_ids == 0 && bad_rows == 0, "moe route/sort n=%lld: %d ids, %d rows differ",
               (long long)n, bad_ids, bad_rows);
     /* expf on the device is within 2 ulp of glibc's: a weight may move one bf16 step */
@@ -752,9 +758,9 @@ static void check_moe(int64_t n, bool rnd) {
                               &err) == PIO_OK);
     /* the device uses its own routing (checked equal above) */
     CHECK_MSG(pio_cuda_moe_expert_matmul(ctx, x, pio_tensor_data(pgd), PIO_BF16, F, d, E, d_off,
-                                         d_por, K, true, hid, &err) == PIO_OK, "%s", err.msg);
+                                         d_act, d_por, K, true, hid, &err) == PIO_OK, "%s", err.msg);
     CHECK_MSG(pio_cuda_moe_expert_matmul(ctx, hid, pio_tensor_data(pdd), PIO_BF16, d, F, E, d_off,
-                                         d_por, K, false, y, &err) == PIO_OK, "%s", err.msg);
+                                         d_act, d_por, K, false, y, &err) == PIO_OK, "%s", err.msg);
     CHECK_MSG(pio_cuda_moe_combine(ctx, y, d_rop, d_ids, d_w, K, PIO_MOE_ACCUM_EXPERT_ORDER, rnd,
                                    out, &err) == PIO_OK, "%s", err.msg);
     pio_tensor *ho = down(out), *hh = down(hid);
