@@ -14,7 +14,7 @@
 # Every step has a timeout; a failing step is reported and the next one still
 # runs, and the script exits non-zero if any failed.
 #
-# Environment: PIO_GPU_BENCH (which model benchmarks: "dense,moe" by default),
+# Environment: PIO_GPU_BENCH (which model benchmarks: "dense,moe,serving" by default),
 # PIO_GPU_BUILD (build folder, default build-gpu), OUT (where logs
 # are written, default the build folder), PIO_GPU_QUICK=1 (fewer sizes and
 # repetitions), PIO_GPU_SANITIZE=1 (also run the quick test under
@@ -117,7 +117,7 @@ if [ -x "$build/pio" ]; then
   peak=$(sed -nE 's/^ceilings:.*peak ([0-9.]+) TFLOP\/s.*/\1/p' "$logs/micro-bench.log" 2>/dev/null | head -n 1)
   reps=5
   [ "${PIO_GPU_QUICK:-0}" = 1 ] && reps=3
-  benches="${PIO_GPU_BENCH:-dense,moe}"
+  benches="${PIO_GPU_BENCH:-dense,moe,serving}"
   if [[ ",$benches," == *,dense,* ]]; then
     step model-bench 360 env PIO_GPU_COPY_GBS="$copy" PIO_GPU_PEAK_TFLOPS="$peak" \
       "$build/pio" bench "$root/bench/cuda.lua" --reps "$reps" --json "$logs/bench-cuda.json"
@@ -132,6 +132,11 @@ if [ -x "$build/pio" ]; then
         PIO_GPU_COPY_GBS="$copy" PIO_GPU_PEAK_TFLOPS="$peak" \
         "$build/pio" bench "$root/bench/cuda.lua" --reps "$reps" --json "$logs/bench-cuda-pdl.json"
     fi
+  fi
+  # Continuous batching on the GPU (bench/serving.lua's concurrency part, Qwen3-4B).
+  if [[ ",$benches," == *,serving,* ]]; then
+    step serving-bench 240 env PIO_BENCH_DEVICE=cuda "$build/pio" bench "$root/bench/serving.lua" \
+      --quick --json "$logs/bench-serving.json"
   fi
   # Qwen3-MoE at the 30B-A3B shape (about 61 GB of bf16 weights: an 80 GB card).
   if [[ ",$benches," == *,moe,* ]]; then
@@ -158,6 +163,9 @@ fi
 if [ -f "$logs/model-bench-pdl.log" ]; then
   echo "with programmatic dependent launch (PIO_CUDA_PDL=1):"
   grep -E "^\| qwen3" "$logs/model-bench-pdl.log" | head -n 4 || true
+fi
+if [ -f "$logs/serving-bench.log" ]; then
+  sed -n '/ on cuda$/,$p' "$logs/serving-bench.log" | grep -vE "^(peak memory|pio bench: wrote)" || true
 fi
 if [ -f "$logs/moe-bench.log" ]; then
   sed -n '/on cuda, bf16/,$p' "$logs/moe-bench.log" | grep -vE "^(peak memory|pio bench: wrote)" || true
