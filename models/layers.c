@@ -105,18 +105,17 @@ pio_status pio_build_attn(pio_model *m, int layer, const pio_attn_weights *w, co
     int64_t qs[3] = {n, hp->n_head, D}, ks[3] = {n, hp->n_head_kv, D};
     pio_tensor q3 = pio_reshape(&q, 3, qs), k3 = pio_reshape(&k, 3, ks);
     pio_tensor v3 = pio_reshape(&v, 3, ks), a3 = pio_reshape(&att, 3, qs);
-    float eps = (float)hp->norm_eps;
-    if (w->q_norm && (st = pio_build_norm(m, &q3, w->q_norm, eps, &q3, err))) return st;
-    if (w->k_norm && (st = pio_build_norm(m, &k3, w->k_norm, eps, &k3, err))) return st;
-    if ((st = pio_cpu_rope(&q3, b->pos, m->inv_freq, (int)D, m->round_bf16, err)) ||
-        (st = pio_cpu_rope(&k3, b->pos, m->inv_freq, (int)D, m->round_bf16, err)))
+    /* q/k norms, RoPE and (contiguous cache) the KV write: one pass over the tokens */
+    const bool via_view = pio_kv_via_view(m, layer);
+    if ((st = pio_cpu_qk_norm_rope(m->pool, &q3, &k3, w->q_norm, w->k_norm, (float)hp->norm_eps,
+                                   b->pos, m->inv_freq, (int)D, m->round_bf16, &v3,
+                                   via_view ? NULL : m->cache_k[layer],
+                                   via_view ? NULL : m->cache_v[layer], b->seq, err)))
         return st;
     float scale = (float)(1.0 / sqrt((double)D));
-    if (pio_kv_via_view(m, layer)) { /* paged, int8 or windowed: through the view (models/kv.c) */
+    if (via_view) { /* paged, int8 or windowed: through the view (models/kv.c) */
         if ((st = pio_kv_attend(m, layer, b, &q3, &k3, &v3, scale, &a3, err))) return st;
-    } else if ((st = pio_cpu_kv_write(&k3, &v3, m->cache_k[layer], m->cache_v[layer], b->seq,
-                                      b->pos, err)) ||
-               (st = pio_cpu_attention(m->pool, &q3, m->cache_k[layer], m->cache_v[layer], b->seq,
+    } else if ((st = pio_cpu_attention(m->pool, &q3, m->cache_k[layer], m->cache_v[layer], b->seq,
                                        b->pos, scale, &a3, m->round_bf16, err))) {
         return st;
     }

@@ -47,4 +47,11 @@ int pio_cpu_n_tasks(const pio_threadpool *pool, int64_t units, int64_t min_units
 void pio_cpu_task_range(int64_t total, int n_tasks, int task, int64_t granule, int64_t *begin,
                         int64_t *end);
 
+/* rmsnorm_row of norm.c on `rows` rows of d (y may be x), on the calling thread. */
+void pio_cpu_rmsnorm_rows(const float *x, float *y, int64_t rows, int64_t d, const void *w,
+                          bool w_bf16, float eps, bool round_bf16);
+
+/* n f32 → bf16, nearest even, NaN made quiet: pio_f32_to_bf16 on each. */
+void pio_cpu_to_bf16_row(const float *src, uint16_t *dst, int64_t n);
+
 #endif

@@ -66,6 +66,18 @@ pio_status pio_cpu_residual_rmsnorm(pio_threadpool *pool, pio_tensor *x, const p
 pio_status pio_cpu_rope(pio_tensor *x, const int32_t *pos, const float *inv_freq, int rot_dim,
                         bool round_bf16, pio_error *err);
 
+/* The start of attention in one pass over the tokens, on the pool: q [n, heads, d]
+ * and k [n, kv_heads, d] normed per head (q_norm, k_norm [d], either may be NULL;
+ * pio_cpu_rmsnorm), rotated (pio_cpu_rope, rot_dim), and, when cache_k is not
+ * NULL, k and v [n, kv_heads, dv] written to the caches (pio_cpu_kv_write).
+ * Bit-identical to those ops in that order; arguments they would refuse are
+ * refused with their messages. */
+pio_status pio_cpu_qk_norm_rope(pio_threadpool *pool, pio_tensor *q, pio_tensor *k,
+                                const pio_tensor *q_norm, const pio_tensor *k_norm, float eps,
+                                const int32_t *pos, const float *inv_freq, int rot_dim,
+                                bool round_bf16, const pio_tensor *v, pio_tensor *cache_k,
+                                pio_tensor *cache_v, const int32_t *seq, pio_error *err);
+
 /* Softmax in place over the last dimension of x [..., d] f32. */
 pio_status pio_cpu_softmax(pio_tensor *x, pio_error *err);
 

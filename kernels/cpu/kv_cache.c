@@ -5,6 +5,24 @@
  * a wider key than value); slots and context length must agree.
  */
 #include "cpu_internal.h"
+#include "simd_avx2.h"
+
+void pio_cpu_to_bf16_row(const float *src, uint16_t *dst, int64_t n) {
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i u = _mm256_loadu_si256((const __m256i *)(src + i));
+        __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+        __m256i r = _mm256_srli_epi32(
+            _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+        __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
+        r = _mm256_blendv_epi8(r, quiet, nan);
+        r = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xd8);
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_castsi256_si128(r));
+    }
+    for (; i < n; i++) dst[i] = pio_f32_to_bf16(src[i]);
+}
 
 /* src [n, kv_heads, head_dim] fits cache [slots, ctx, kv_heads, head_dim]. */
 static bool check_pair(const char *src_name, const pio_tensor *src, const char *cache_name,
@@ -28,7 +46,8 @@ static void write_rows(const pio_tensor *src, pio_tensor *cache, const int32_t *
     char *c = pio_tensor_data(cache);
     for (int64_t t = 0; t < n; t++) {
         size_t at = (size_t)((int64_t)seq[t] * ctx + pos[t]) * (size_t)row * elem;
-        pio_convert(c + at, cache->dtype, s + t * row, PIO_F32, (size_t)row);
+        if (cache->dtype == PIO_BF16) pio_cpu_to_bf16_row(s + t * row, (uint16_t *)(c + at), row);
+        else pio_convert(c + at, cache->dtype, s + t * row, PIO_F32, (size_t)row);
     }
 }
 

@@ -53,6 +53,12 @@ static void rmsnorm_row(const rmsnorm_ctx *c, const float *x, float *y) {
     }
 }
 
+void pio_cpu_rmsnorm_rows(const float *x, float *y, int64_t rows, int64_t d, const void *w,
+                          bool w_bf16, float eps, bool round_bf16) {
+    rmsnorm_ctx c = {.w = w, .d = d, .eps = eps, .w_bf16 = w_bf16, .round_bf16 = round_bf16};
+    for (int64_t r = 0; r < rows; r++) rmsnorm_row(&c, x + r * d, y + r * d);
+}
+
 /* x[0..d) += y[0..d), rounded to bf16 in bf16 mode (pio_cpu_binary then
  * pio_cpu_round_bf16, lane for lane). */
 static void add_row(float *x, const float *y, int64_t d, bool round_bf16) {

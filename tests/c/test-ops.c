@@ -514,6 +514,48 @@ static void test_fused_equal(void) {
         }
 }
 
+/* q/k norm + RoPE + KV write in one pass equals the four ops in turn, bit for bit. */
+static void test_qk_norm_rope(void) {
+    pio_error err = {0};
+    const int64_t H = 4, KV = 2, D = 32, ctx = 50;
+    float inv_freq[16];
+    for (int i = 0; i < 16; i++) inv_freq[i] = powf(10000.0f, -2.0f * (float)i / 32.0f);
+    for (int rnd = 0; rnd < 2; rnd++)
+        for (int cd = 0; cd < 2; cd++)
+            for (int64_t n = 1; n <= 37; n += 36) {
+                pio_dtype cdt = cd ? PIO_BF16 : PIO_F32;
+                int32_t seq[37], pos[37];
+                for (int64_t t = 0; t < n; t++) seq[t] = (int32_t)(t % 2), pos[t] = (int32_t)(3 + t);
+                pio_tensor *q1 = R(PIO_F32, n, H, D), *k1 = R(PIO_F32, n, KV, D), *v = R(PIO_F32, n, KV, D);
+                pio_tensor *q2 = T(PIO_F32, n, H, D), *k2 = T(PIO_F32, n, KV, D);
+                pio_tensor *qn = R(PIO_BF16, D), *kn = R(PIO_BF16, D);
+                pio_tensor *ck1 = T(cdt, 2, ctx, KV, D), *cv1 = T(cdt, 2, ctx, KV, D);
+                pio_tensor *ck2 = T(cdt, 2, ctx, KV, D), *cv2 = T(cdt, 2, ctx, KV, D);
+                memcpy(fdata(q2), fdata(q1), (size_t)pio_tensor_numel(q1) * 4);
+                memcpy(fdata(k2), fdata(k1), (size_t)pio_tensor_numel(k1) * 4);
+                CHECK(pio_cpu_rmsnorm(pools[1], q1, qn, 1e-6f, q1, rnd, &err) == PIO_OK);
+                CHECK(pio_cpu_rmsnorm(pools[1], k1, kn, 1e-6f, k1, rnd, &err) == PIO_OK);
+                CHECK(pio_cpu_rope(q1, pos, inv_freq, (int)D, rnd, &err) == PIO_OK);
+                CHECK(pio_cpu_rope(k1, pos, inv_freq, (int)D, rnd, &err) == PIO_OK);
+                CHECK(pio_cpu_kv_write(k1, v, ck1, cv1, seq, pos, &err) == PIO_OK);
+                CHECK_MSG(pio_cpu_qk_norm_rope(pools[1], q2, k2, qn, kn, 1e-6f, pos, inv_freq,
+                                               (int)D, rnd, v, ck2, cv2, seq, &err) == PIO_OK,
+                          "%s", err.msg);
+                size_t cb = (size_t)pio_tensor_numel(ck1) * pio_dtype_info(cdt)->size;
+                CHECK_MSG(!memcmp(fdata(q1), fdata(q2), (size_t)pio_tensor_numel(q1) * 4) &&
+                              !memcmp(fdata(k1), fdata(k2), (size_t)pio_tensor_numel(k1) * 4) &&
+                              !memcmp(pio_tensor_data(ck1), pio_tensor_data(ck2), cb) &&
+                              !memcmp(pio_tensor_data(cv1), pio_tensor_data(cv2), cb),
+                          "qk_norm_rope differs (n %lld, round %d, cache %d)", (long long)n, rnd, cd);
+                /* out-of-range position: kv_write's error */
+                pos[0] = (int32_t)ctx;
+                CHECK(pio_cpu_qk_norm_rope(pools[1], q2, k2, NULL, NULL, 1e-6f, pos, inv_freq, (int)D,
+                                           rnd, v, ck2, cv2, seq, &err) == PIO_ERR_RANGE);
+                pio_tensor *all[] = {q1, k1, v, q2, k2, qn, kn, ck1, cv1, ck2, cv2};
+                for (size_t i = 0; i < sizeof all / sizeof *all; i++) pio_tensor_free(all[i]);
+            }
+}
+
 /* ---- binary -------------------------------------------------------------- */
 
 static void test_binary(void) {
@@ -933,6 +975,7 @@ int main(void) {
     test_softmax();
     test_silu_mul();
     test_fused_equal();
+    test_qk_norm_rope();
     test_binary();
     test_round_bf16();
     test_embedding();
