@@ -260,45 +260,64 @@ static void pv_any(const void *p, int64_t ldp, const void *v, int64_t ldv, int64
 
 /* ---- softmax of one row (attention.c's arithmetic) ---------------------------- */
 
-static inline __m256 exp_shifted(__m256 x, float max, float mul) {
-    return _mm256_mul_ps(pio_exp256(_mm256_sub_ps(x, _mm256_set1_ps(max))), _mm256_set1_ps(mul));
+/* pio_exp256 of simd_avx2.h on 16 lanes: the same operations lane for lane,
+ * so the same results. */
+static ALWAYS_INLINE __m512 exp16(__m512 x) {
+    const __m512 hi = _mm512_set1_ps(88.3762626647949f), lo = _mm512_set1_ps(-87.3365447504f);
+    __mmask16 too_small = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    __mmask16 too_big = _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ);
+    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    __m512 c = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), c);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    y = _mm512_maskz_mov_ps((__mmask16)~too_small, y);
+    y = _mm512_mask_mov_ps(y, too_big, _mm512_set1_ps(__builtin_inff()));
+    return _mm512_mask_mov_ps(y, nan, x);
 }
 
-/* s[0..len) → probabilities; bf16: rounded, stored as bf16 into pb[0..len_pad)
- * with zeros after len; f32: e^(s − max) in place, zeros up to len_pad, and
- * returns 1 / Σ (bf16 returns 1). */
-static float softmax_row(float *s, int64_t len, int64_t len_pad, uint16_t *pb, int dot) {
-    float max = -__builtin_inff();
-    for (int64_t j = 0; j < len; j++) max = s[j] > max ? s[j] : max;
-    __m256 sum8 = _mm256_setzero_ps();
+/* s[0..len) → e^(s − max) in place, zeros on to len_pad; returns Σ. */
+static float exp_row(float *s, int64_t len, int64_t len_pad) {
+    __m512 mx = _mm512_set1_ps(-__builtin_inff());
     int64_t j = 0;
-    if (dot) {
-        for (; j + 8 <= len; j += 8) sum8 = _mm256_add_ps(sum8, exp_shifted(_mm256_loadu_ps(s + j), max, 1.0f));
-        float sum = pio_hsum256(sum8);
-        for (; j < len; j++) sum += expf(s[j] - max);
-        const float mul = 1.0f / sum;
-        j = 0;
-        for (; j + 8 <= len; j += 8) {
-            __m256 e = pio_round_bf16_256(exp_shifted(_mm256_loadu_ps(s + j), max, mul));
-            __m128i h = _mm256_cvtepi32_epi16(_mm256_srli_epi32(_mm256_castps_si256(e), 16));
-            _mm_storeu_si128((__m128i *)(pb + j), h);
-        }
-        for (; j < len; j++) pb[j] = (uint16_t)(pio_f32_to_bf16(pio_round_bf16(expf(s[j] - max) * mul)));
-        for (; j < len_pad; j++) pb[j] = 0;
-        return 1.0f;
+    for (; j + 16 <= len; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
+    float max = _mm512_reduce_max_ps(mx);
+    for (; j < len; j++) max = s[j] > max ? s[j] : max;
+    const __m512 vmax = _mm512_set1_ps(max);
+    __m512 sum = _mm512_setzero_ps();
+    for (j = 0; j < len; j += 16) {
+        __mmask16 m = len - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - j)) - 1);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), vmax));
+        e = _mm512_maskz_mov_ps(m, e);
+        _mm512_storeu_ps(s + j, e); /* s is padded to a multiple of 64: lanes past len get 0 */
+        sum = _mm512_add_ps(sum, e);
     }
-    for (; j + 8 <= len; j += 8) {
-        __m256 e = exp_shifted(_mm256_loadu_ps(s + j), max, 1.0f);
-        _mm256_storeu_ps(s + j, e);
-        sum8 = _mm256_add_ps(sum8, e);
+    for (; j < len_pad; j += 16) _mm512_storeu_ps(s + j, _mm512_setzero_ps());
+    return _mm512_reduce_add_ps(sum);
+}
+
+/* Probabilities of one row: bf16 mode rounds e · (1 / Σ) to bf16 into pb (zeros
+ * after len up to len_pad) and returns 1; f32 leaves e in s and returns 1 / Σ. */
+static float softmax_row(float *s, int64_t len, int64_t len_pad, uint16_t *pb, int dot) {
+    const float sum = exp_row(s, len, len_pad);
+    if (!dot) return 1.0f / sum;
+    const __m512 mul = _mm512_set1_ps(1.0f / sum);
+    for (int64_t j = 0; j < len_pad; j += 16) {
+        __m512 p = round16(_mm512_mul_ps(_mm512_loadu_ps(s + j), mul));
+        _mm256_storeu_si256((__m256i *)(pb + j),
+                            _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(p), 16)));
     }
-    float sum = pio_hsum256(sum8);
-    for (; j < len; j++) {
-        s[j] = expf(s[j] - max);
-        sum += s[j];
-    }
-    for (; j < len_pad; j++) s[j] = 0.0f;
-    return 1.0f / sum;
+    return 1.0f;
 }
 
 /* ---- one tile of rows ------------------------------------------------------------ */
