@@ -48,6 +48,12 @@ static void round_cols(const pio_matmul_job *J, int64_t m0, int64_t m1) {
     }
 }
 
+/* The bf16 dot-product kernels round y as they store it (job.round_y). */
+static bool rounds_itself(const matmul_ctx *c, int i) {
+    if (c->packed) return c->packed == pio_matmul_bf16_packed_avx512;
+    return c->kernel[i] == pio_matmul_bf16dot_avx512;
+}
+
 /* A task covers a range of granules of the weights laid end to end: one run
  * of the pool serves several weights that share x (q, k, v; gate, up). */
 static void matmul_task(void *arg, int task, int thread) {
@@ -66,7 +72,7 @@ static void matmul_task(void *arg, int task, int thread) {
         } else {
             c->kernel[i](&c->job[i], m0, m1);
         }
-        if (c->round_y) round_cols(&c->job[i], m0, m1);
+        if (c->round_y && !rounds_itself(c, i)) round_cols(&c->job[i], m0, m1);
     }
 }
 
@@ -213,7 +219,7 @@ static pio_status matmul_run(pio_threadpool *pool, const pio_tensor *x, int n_w,
     for (int i = 0; i < n_w; i++) {
         c.job[i] = (pio_matmul_job){.x = pio_tensor_data(x), .w = pio_tensor_data(w[i]),
                                     .y = pio_tensor_data(y[i]), .n = n, .k = k,
-                                    .m = w[i]->shape[0], .xb_ld = k};
+                                    .m = w[i]->shape[0], .xb_ld = k, .round_y = round_y};
         c.kernel[i] = pick_kernel(w[i]->dtype, x_bf16);
         dot = dot || c.kernel[i] == pio_matmul_bf16dot_avx512;
         c.first[i + 1] = c.first[i] + (c.job[i].m + c.granule - 1) / c.granule;

@@ -38,6 +38,18 @@ static ALWAYS_INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
 }
 
+/* nearest-even bf16 of 4 lanes, NaN kept quiet (pio_round_bf16) */
+static ALWAYS_INLINE __m128 round4(__m128 x) {
+    __m128i u = _mm_castps_si128(x);
+    __m128i lsb = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
+    __m128i r = _mm_add_epi32(u, _mm_add_epi32(lsb, _mm_set1_epi32(0x7fff)));
+    r = _mm_and_si128(r, _mm_set1_epi32((int)0xffff0000u));
+    __m128i quiet = _mm_and_si128(_mm_or_si128(u, _mm_set1_epi32(0x00400000)),
+                                  _mm_set1_epi32((int)0xffff0000u));
+    __m128 nan = _mm_cmpunord_ps(x, x);
+    return _mm_blendv_ps(_mm_castsi128_ps(r), _mm_castsi128_ps(quiet), nan);
+}
+
 static ALWAYS_INLINE void store_row(float *y, __m128 v, int nw) {
     if (nw == TW) {
         _mm_storeu_ps(y, v);
@@ -89,9 +101,10 @@ static ALWAYS_INLINE void tile(const pio_matmul_job *J, int64_t i0, int nx, int6
         }
     }
 #pragma GCC unroll 4
-    for (int a = 0; a < nx; a++)
-        store_row(J->y + (i0 + a) * J->m + j0, reduce4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]),
-                  nw);
+    for (int a = 0; a < nx; a++) {
+        __m128 v = reduce4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
+        store_row(J->y + (i0 + a) * J->m + j0, J->round_y ? round4(v) : v, nw);
+    }
 }
 
 /* Decode: one x row against w rows m0..m1-1, which lie one after another in
@@ -115,7 +128,8 @@ static void matvec(const pio_matmul_job *J, int64_t m0, int64_t m1) {
             __mmask32 m = k - kk >= 32 ? (__mmask32)~0u : (__mmask32)((1ull << (k - kk)) - 1);
             a0 = _mm512_dpbf16_ps(a0, ld_mask(x + kk, m), ld_mask(w + kk, m));
         }
-        J->y[j] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+        float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+        J->y[j] = J->round_y ? _mm_cvtss_f32(round4(_mm_set_ss(sum))) : sum;
     }
 }
 

@@ -3,6 +3,7 @@
 #ifndef PIO_MATMUL_KERNELS_H
 #define PIO_MATMUL_KERNELS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /* y[n, m] = x[n, k] · w[m, k]ᵀ, all contiguous row-major. */
@@ -13,6 +14,8 @@ typedef struct pio_matmul_job {
     const void *w;  /* [m, k] f32 or bf16 (the kernel's name says which) */
     float *y;       /* [n, m] */
     int64_t n, k, m;
+    bool round_y;   /* bf16 mode: y rounded to bf16 as it is stored (kernels that
+                     * cannot are followed by a rounding pass, see matmul.c) */
 } pio_matmul_job;
 
 /* Computes the columns [m0, m1) of y (rows m0..m1-1 of w) for all n rows of x.

@@ -151,8 +151,22 @@ void pio_matmul_f32_packed_avx512(const pio_matmul_job *J, int64_t m0, int64_t m
  * pairs (512 k) per block: a 64 KiB panel. */
 enum { KP = 256 };
 
+/* nearest-even bf16 of 16 lanes, NaN kept quiet (pio_round_bf16) */
+static ALWAYS_INLINE __m512 round16(__m512 x) {
+    __m512i u = _mm512_castps_si512(x);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    r = _mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u));
+    __m512i quiet = _mm512_and_si512(_mm512_or_si512(u, _mm512_set1_epi32(0x00400000)),
+                                     _mm512_set1_epi32((int)0xffff0000u));
+    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    return _mm512_castsi512_ps(_mm512_mask_blend_epi32(nan, r, quiet));
+}
+
+/* last: the final k block, whose sums are rounded to bf16 when round is set. */
 static ALWAYS_INLINE void micro_dot(const uint32_t *x, int64_t ldx, const uint32_t *panel,
-                                    int64_t kpc, float *c, int64_t ldc, int mr, int first) {
+                                    int64_t kpc, float *c, int64_t ldc, int mr, int first,
+                                    int round) {
     __m512 acc[MR][4];
 #pragma GCC unroll 6
     for (int a = 0; a < mr; a++)
@@ -177,19 +191,29 @@ static ALWAYS_INLINE void micro_dot(const uint32_t *x, int64_t ldx, const uint32
 #pragma GCC unroll 6
     for (int a = 0; a < mr; a++)
 #pragma GCC unroll 4
-        for (int b = 0; b < 4; b++) _mm512_storeu_ps(c + a * ldc + 16 * b, acc[a][b]);
+        for (int b = 0; b < 4; b++)
+            _mm512_storeu_ps(c + a * ldc + 16 * b, round ? round16(acc[a][b]) : acc[a][b]);
 }
 
 static void micro_dot_any(const uint32_t *x, int64_t ldx, const uint32_t *panel, int64_t kpc,
-                          float *c, int64_t ldc, int mr, int first) {
+                          float *c, int64_t ldc, int mr, int first, int round) {
+#define CASE(R)                                                                 \
+    case R:                                                                     \
+        if (round) micro_dot(x, ldx, panel, kpc, c, ldc, R, first, 1);          \
+        else micro_dot(x, ldx, panel, kpc, c, ldc, R, first, 0);                \
+        break;
     switch (mr) {
-    case 6: micro_dot(x, ldx, panel, kpc, c, ldc, 6, first); break;
-    case 5: micro_dot(x, ldx, panel, kpc, c, ldc, 5, first); break;
-    case 4: micro_dot(x, ldx, panel, kpc, c, ldc, 4, first); break;
-    case 3: micro_dot(x, ldx, panel, kpc, c, ldc, 3, first); break;
-    case 2: micro_dot(x, ldx, panel, kpc, c, ldc, 2, first); break;
-    default: micro_dot(x, ldx, panel, kpc, c, ldc, 1, first); break;
+        CASE(6)
+        CASE(5)
+        CASE(4)
+        CASE(3)
+        CASE(2)
+    default:
+        if (round) micro_dot(x, ldx, panel, kpc, c, ldc, 1, first, 1);
+        else micro_dot(x, ldx, panel, kpc, c, ldc, 1, first, 0);
+        break;
     }
+#undef CASE
 }
 
 void pio_matmul_bf16_packed_avx512(const pio_matmul_job *J, int64_t m0, int64_t m1,
@@ -201,19 +225,19 @@ void pio_matmul_bf16_packed_avx512(const pio_matmul_job *J, int64_t m0, int64_t 
         const int64_t cols = m1 - j < NR ? m1 - j : NR;
         for (int64_t p0 = 0; p0 < kp_all; p0 += KP) {
             const int64_t kpc = kp_all - p0 < KP ? kp_all - p0 : KP;
-            const int first = p0 == 0;
+            const int first = p0 == 0, round = J->round_y && p0 + kpc == kp_all;
             pack32(w, kp_all, j, m1, p0, kpc, panel);
             for (int64_t i = 0; i < n; i += MR) {
                 const int mr = n - i < MR ? (int)(n - i) : MR;
                 const uint32_t *x = xp + i * kp_all + p0;
                 float *y = J->y + i * m + j;
                 if (cols == NR) {
-                    micro_dot_any(x, kp_all, panel, kpc, y, m, mr, first);
+                    micro_dot_any(x, kp_all, panel, kpc, y, m, mr, first, round);
                     continue;
                 }
                 for (int a = 0; a < mr && !first; a++)
                     memcpy(edge + a * NR, y + a * m, (size_t)cols * sizeof(float));
-                micro_dot_any(x, kp_all, panel, kpc, edge, NR, mr, first);
+                micro_dot_any(x, kp_all, panel, kpc, edge, NR, mr, first, round);
                 for (int a = 0; a < mr; a++)
                     memcpy(y + a * m, edge + a * NR, (size_t)cols * sizeof(float));
             }

@@ -491,7 +491,8 @@ static void test_fused_equal(void) {
                   PIO_ERR_INVALID);
             /* Linear: matmul_ex then rounding vs pio_cpu_linear, decode and prompt sizes */
             for (int64_t rows = 1; rows <= 40; rows += 39) {
-                pio_tensor *xx = R(PIO_F32, rows, 64), *ww[2] = {R(PIO_BF16, 70, 64), R(PIO_BF16, 9, 64)};
+                /* k = 600: two k blocks of the packed kernel, rounded after the last */
+                pio_tensor *xx = R(PIO_F32, rows, 600), *ww[2] = {R(PIO_BF16, 70, 600), R(PIO_BF16, 9, 600)};
                 pio_tensor *ya[2] = {T(PIO_F32, rows, 70), T(PIO_F32, rows, 9)};
                 pio_tensor *yb[2] = {T(PIO_F32, rows, 70), T(PIO_F32, rows, 9)};
                 if (rnd) pio_cpu_round_bf16(xx);
