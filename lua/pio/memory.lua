@@ -194,7 +194,9 @@ function M.wrap_load(load)
       end
       call.max_bytes = free
     end
-    local model, err = load(path, call)
+    -- Misuse raised by the loader names the caller's line, not this file's.
+    local ok, model, err = pcall(load, path, call)
+    if not ok then error(tostring(model):gsub("^[^\n]-%.lua:%d+: ", ""), 2) end
     if not model then
       if b and call ~= opts and err and err:find("does not fit", 1, true) then
         err = string.format("%s (the %s budget: %s; %s in use)", err, d, size_of(b),

@@ -46,7 +46,10 @@ local function constructor(family, d)
       end
       params = { [d.params[1].name] = params }
     end
-    return core.strategy(family, d.name, params)
+    -- A bad parameter raised by the core names the caller's line, not this file's.
+    local ok, s = pcall(core.strategy, family, d.name, params)
+    if not ok then error(tostring(s):gsub("^[^\n]-%.lua:%d+: ", ""), 2) end
+    return s
   end
 end
 

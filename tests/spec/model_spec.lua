@@ -185,6 +185,19 @@ describe("pio.load #qwen3", function()
       "pio.load: device must be 'cpu', 'cuda' or 'auto', got 'tpu'")
   end)
 
+  it("names the caller's line in misuse errors, not the library's", function()
+    local ok, err = pcall(function() pio.load(tiny, { kv = { lay = "paged" } }) end)
+    assert.is_false(ok)
+    assert.matches("model_spec%.lua:%d+: pio%.load: kv: unknown option 'lay'", err)
+    assert.is_nil(err:find("memory.lua", 1, true))
+    ok, err = pcall(function()
+      local s = pio.strategy.attention.sink { sink = 4, window = -1 } -- not a tail call
+      return s
+    end)
+    assert.is_false(ok)
+    assert.matches("model_spec%.lua:%d+: attention%.sink: window must be", err)
+  end)
+
   it("says so when CUDA is asked for and not available", function()
     local _, available, why = pio.model_device("cuda")
     if available then return pending("a GPU is present: tests/spec/cuda_spec.lua runs there") end
