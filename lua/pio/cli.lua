@@ -110,6 +110,7 @@ local generate_spec = {
   ["--top-p"] = { key = "top_p", kind = "probability" },
   ["--dtype"] = { key = "dtype", kind = "string", choices = { "f32", "bf16" } },
   ["--threads"] = { key = "threads", kind = "count" },
+  ["--device"] = { key = "device", kind = "string", choices = { "cpu", "cuda", "auto" } },
   ["-h"] = { key = "help", kind = "flag" },
   ["--help"] = { key = "help", kind = "flag" },
 }
@@ -146,7 +147,8 @@ local function run_generate(args, name)
 
   local pio = require "pio"
   -- pio.load returns nil, message for a bad directory; a raise is reported the same way.
-  local ok, model, err = pcall(pio.load, pos[1], { dtype = opts.dtype, threads = opts.threads })
+  local ok, model, err = pcall(pio.load, pos[1], { dtype = opts.dtype, threads = opts.threads,
+                                                  device = opts.device })
   if not ok then model, err = nil, model end
   if not model then
     say("pio %s: %s", name, tostring(err))
@@ -182,7 +184,7 @@ end
 
 M.commands.generate = {
   synopsis = "generate DIR -p PROMPT [-n N] [--temp T] [--seed S] [--top-k K] [--top-p P]"
-    .. " [--dtype f32|bf16] [--threads N]",
+    .. " [--dtype f32|bf16] [--threads N] [--device cpu|cuda|auto]",
   summary = "generate text from a Hugging Face model directory, streamed to stdout",
   help = [[
   -p, --prompt PROMPT  the prompt (required)
@@ -193,6 +195,8 @@ M.commands.generate = {
   --top-p P            keep the smallest set with probability >= P (1 = off)
   --dtype f32|bf16     compute dtype of the weights
   --threads N          CPU threads
+  --device D           cpu, cuda or auto (default: PIO_DEVICE, else auto: the GPU
+                       when one answers)
   -h, --help           print this help
 Statistics go to stderr: [N tokens, R tok/s, prompt P tokens in S s].
 ]],

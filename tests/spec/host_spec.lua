@@ -259,6 +259,21 @@ print(arg[-1] == arg[-1]:match(".*/pio$"))
       assert.matches("^pio generate: bad value 'lots' for %-n %(expected a non%-negative integer%)\n", r.err)
     end)
 
+    it("takes --device, refuses an unknown one, and says why CUDA is not there", function()
+      local r = run("generate some-dir -p hi --device tpu")
+      assert.are.equal(2, r.code)
+      assert.matches("^pio generate: bad value 'tpu' for %-%-device %(expected cpu or cuda or auto%)\n", r.err)
+      r = run("generate tests/fixtures/qwen3-gqa2 -p hi -n 2 --temp 0 --device cpu")
+      assert.are.equal(0, r.code)
+      assert.matches("%[2 tokens", r.err)
+      local _, available = require("pio").model_device("cuda")
+      if not available then
+        r = run("generate tests/fixtures/qwen3-gqa2 -p hi -n 2 --device cuda")
+        assert.are.equal(1, r.code)
+        assert.matches("^pio generate: device 'cuda' is not available: ", r.err)
+      end
+    end)
+
     it("requires a prompt", function()
       local r = run("generate some-dir")
       assert.are.equal(2, r.code)
