@@ -81,6 +81,22 @@ void pio_model_cuda_free(pio_model *m) {
     m->cuda = NULL;
 }
 
+/* A captured step reads and writes fixed device addresses (the batch's arrays,
+ * the activation buffers): when one of them is replaced by a larger one, the
+ * graph would run on freed memory, so it is dropped and captured again on a
+ * later step. Waits for the stream first (the graph may still be running). */
+static void drop_graph(struct pio_model_cuda *c) {
+    if (!c->graph) {
+        if (c->graph_state != GRAPH_FAILED) c->graph_state = GRAPH_NONE;
+        return;
+    }
+    pio_error ignored = {0};
+    pio_cuda_sync(c->ctx, &ignored);
+    pio_cuda_graph_free(c->graph);
+    c->graph = NULL;
+    if (c->graph_state != GRAPH_FAILED) c->graph_state = GRAPH_NONE;
+}
+
 pio_tensor *pio_model_cuda_tensor(pio_model *m, pio_dtype dt, int ndim, const int64_t *shape,
                                   pio_error *err) {
     return pio_cuda_tensor_new(m->cuda->ctx, dt, ndim, shape, err);
@@ -185,6 +201,7 @@ pio_status pio_model_cuda_scratch(pio_model *m, enum pio_scratch_slot slot, int6
         bool f32 = slot == PIO_SLOT_LOGITS || slot == PIO_SLOT_ROUTER || slot == PIO_SLOT_MOE_IDX;
         pio_dtype dt = f32 ? PIO_F32 : pio_model_act_dtype(m);
         int64_t len = n * width;
+        drop_graph(c);
         pio_cuda_tensor_free(c->ctx, buf);
         buf = c->scratch[slot] = pio_cuda_tensor_new(c->ctx, dt, 1, &len, err);
         if (!buf) return pio_error_prefix(err, "activations for %lld tokens", (long long)n);
@@ -243,6 +260,7 @@ pio_status pio_model_cuda_forward(pio_model *m, const pio_batch *b, int32_t n_ou
     if (b->n_tokens > c->batch->cap) { /* room for the largest batch seen */
         pio_cuda_batch *grown = pio_cuda_batch_new(c->ctx, b->n_tokens, err);
         if (!grown) return err->status;
+        drop_graph(c);
         pio_cuda_batch_free(c->ctx, c->batch);
         c->batch = grown;
     }

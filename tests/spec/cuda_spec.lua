@@ -64,6 +64,19 @@ describe("a model on CUDA #gpu", function()
     f32:free()
   end)
 
+  it("re-captures its decode graph when a longer prompt grows the buffers", function()
+    local f32 = assert(pio.load(dir, { dtype = "f32", device = "cuda" }))
+    local short, long = { 5, 17 }, {}
+    for i = 1, 40 do long[i] = (i * 13) % f32:info().n_vocab end
+    f32:generate(short, { max_new_tokens = 8, temperature = 0 }) -- graph captured on small buffers
+    local _, after = f32:generate(long, { max_new_tokens = 8, temperature = 0 })
+    f32:free()
+    local fresh = assert(pio.load(dir, { dtype = "f32", device = "cuda" }))
+    local _, alone = fresh:generate(long, { max_new_tokens = 8, temperature = 0 })
+    fresh:free()
+    assert.same(alone.tokens, after.tokens)
+  end)
+
   it("refuses surgery and saving with a message", function()
     assert.has_error(function() pio.surgery.apply(m, { fuse = { "qkv" } }) end)
     local ok, err = pcall(function() return m:save(os.tmpname()) end)
