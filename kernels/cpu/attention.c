@@ -19,6 +19,10 @@
  * scores only when they did not fit one chunk. The output rows are the
  * accumulators.
  *
+ * A single token with SPLIT_MIN_KEYS keys or more (decode deep in the
+ * context) splits the keys over the threads instead (attend_split), so the
+ * cache is read as contiguous runs of positions holding every kv head.
+ *
  * Batches of PREFILL_MIN tokens or more with full attention go instead to
  * attention_prefill_avx512.c where the CPU has AVX-512 (AVX-512 BF16 in bf16
  * mode): per kv head, Q·Kᵀ and P·V as register-tiled GEMMs over packed K and V.
@@ -380,6 +384,145 @@ static void attend(const attn_ctx *c, int64_t t, int64_t g, int64_t h0, int64_t 
         for (int64_t b = 0; b < nh; b++) scale_row(o[b], c->dv, 1.0f / sum[b]);
 }
 
+/* ---- decode deep in the context: keys split over the threads ------------------
+ * One token: every task takes a range of keys for all heads, so the cache is
+ * read as one contiguous run of positions (all kv heads of a position lie
+ * together) instead of one strided kv head per task. Pass 1 writes the scores
+ * and each range's max per head; the caller merges them; pass 2 turns scores
+ * into probabilities (the global max and sum: bf16 mode rounds them) and sums
+ * each range's p·v; the ranges' partial outputs are added at the end. */
+enum { SPLIT_MIN_KEYS = 512, SPLIT_SLICE = 16 };
+static _Thread_local float *split_buf;
+static _Thread_local size_t split_cap;
+
+typedef struct {
+    const attn_ctx *c;
+    span sp;
+    int64_t n_keys, n_ranges;
+    float *s;      /* [heads][n_keys] scores, then probabilities */
+    float *rmax;   /* [n_ranges][heads] */
+    float *rsum;   /* [n_ranges][heads]: Σ e^(s − range max) */
+    float *gmax, *gmul, *gsum; /* [heads]: global max; 1/Σ (bf16) or 1 (f32); Σ */
+    float *part;   /* [n_ranges][heads][dv] */
+    uint16_t (*qb)[QB_MAX];
+} split_ctx;
+
+static void split_range(const split_ctx *x, int task, int64_t *j0, int64_t *j1) {
+    pio_cpu_task_range(x->n_keys, (int)x->n_ranges, task, SPLIT_SLICE, j0, j1);
+}
+
+static void split_scores_task(void *arg, int task, int thread) {
+    (void)thread;
+    const split_ctx *x = arg;
+    const attn_ctx *c = x->c;
+    int64_t j0, j1;
+    split_range(x, task, &j0, &j1);
+    for (int64_t j = j0; j < j1;) {
+        int64_t len = j1 - j < SPLIT_SLICE ? j1 - j : SPLIT_SLICE;
+        for (int64_t g = 0; g < c->kv_heads; g++) {
+            int64_t seg = len;
+            size_t step;
+            const char *k = kv_rows(c, 0, &x->sp, g, j, &seg, &step, NULL);
+            for (int64_t b = 0; b < c->group; b++) {
+                int64_t h = g * c->group + b;
+                scores(c, c->q + h * c->dk, x->qb[h], k, step, 0, seg, x->s + h * x->n_keys + j);
+            }
+            if (g + 1 == c->kv_heads) len = seg; /* a block boundary cut the run */
+        }
+        j += len;
+    }
+    for (int64_t h = 0; h < c->heads; h++) {
+        const float *sh = x->s + h * x->n_keys + j0;
+        float m = max_of(sh, j1 - j0);
+        x->rmax[task * c->heads + h] = m;
+        x->rsum[task * c->heads + h] = sum_exp(sh, j1 - j0, m);
+    }
+}
+
+static void split_pv_task(void *arg, int task, int thread) {
+    (void)thread;
+    const split_ctx *x = arg;
+    const attn_ctx *c = x->c;
+    int64_t j0, j1;
+    split_range(x, task, &j0, &j1);
+    float *part = x->part + (size_t)task * (size_t)(c->heads * c->dv);
+    memset(part, 0, (size_t)(c->heads * c->dv) * sizeof(float));
+    for (int64_t h = 0; h < c->heads; h++) {
+        float *p = x->s + h * x->n_keys + j0;
+        exp_in_place(p, j1 - j0, x->gmax[h], x->gmul[h]);
+        if (c->round_bf16) {
+            int64_t j = 0;
+            for (; j + 8 <= j1 - j0; j += 8)
+                _mm256_storeu_ps(p + j, pio_round_bf16_256(_mm256_loadu_ps(p + j)));
+            for (; j < j1 - j0; j++) p[j] = pio_round_bf16(p[j]);
+        }
+    }
+    for (int64_t j = j0; j < j1;) {
+        int64_t len = j1 - j < SPLIT_SLICE ? j1 - j : SPLIT_SLICE;
+        for (int64_t g = 0; g < c->kv_heads; g++) {
+            int64_t seg = len;
+            size_t step;
+            const char *v = kv_rows(c, 1, &x->sp, g, j, &seg, &step, NULL);
+            for (int64_t b = 0; b < c->group; b++) {
+                int64_t h = g * c->group + b;
+                pv(c, part + h * c->dv, x->s + h * x->n_keys + j, v, step, seg);
+            }
+            if (g + 1 == c->kv_heads) len = seg;
+        }
+        j += len;
+    }
+}
+
+/* false: no scratch memory (the caller takes the per-head path). */
+static bool attend_split(attn_ctx *c, pio_threadpool *pool) {
+    split_ctx x = {.c = c, .sp = span_of(c, 0)};
+    x.n_keys = x.sp.n_keys;
+    const int threads = pio_threadpool_size(pool);
+    x.n_ranges = x.n_keys / 256;
+    if (x.n_ranges > 4 * threads) x.n_ranges = 4 * threads;
+    if (x.n_ranges < threads) x.n_ranges = threads;
+    const int64_t H = c->heads;
+    size_t floats = (size_t)(H * x.n_keys + 2 * x.n_ranges * H + 3 * H + x.n_ranges * H * c->dv);
+    size_t bytes = floats * sizeof(float) + (size_t)H * sizeof *x.qb;
+    if (bytes > split_cap) { /* grown, never shrunk: steady decode allocates nothing */
+        free(split_buf);
+        split_cap = 0;
+        if (!(split_buf = malloc(bytes))) return false;
+        split_cap = bytes;
+    }
+    float *mem = split_buf;
+    x.s = mem;
+    x.rmax = x.s + H * x.n_keys;
+    x.rsum = x.rmax + x.n_ranges * H;
+    x.gmax = x.rsum + x.n_ranges * H;
+    x.gmul = x.gmax + H;
+    x.gsum = x.gmul + H;
+    x.part = x.gsum + H;
+    x.qb = (uint16_t(*)[QB_MAX])(x.part + x.n_ranges * H * c->dv);
+    for (int64_t h = 0; h < H && c->dot; h++) pio_attn_q_to_bf16_avx512(c->q + h * c->dk, x.qb[h], c->dk);
+    pio_threadpool_run(pool, (int)x.n_ranges, split_scores_task, &x);
+    for (int64_t h = 0; h < H; h++) {
+        float m = -__builtin_inff(), sum = 0.0f;
+        for (int64_t r = 0; r < x.n_ranges; r++) m = x.rmax[r * H + h] > m ? x.rmax[r * H + h] : m;
+        for (int64_t r = 0; r < x.n_ranges; r++)
+            sum += x.rsum[r * H + h] * expf(x.rmax[r * H + h] - m);
+        x.gmax[h] = m;
+        x.gsum[h] = sum;
+        x.gmul[h] = c->round_bf16 ? 1.0f / sum : 1.0f; /* f32: divided at the end */
+    }
+    pio_threadpool_run(pool, (int)x.n_ranges, split_pv_task, &x);
+    for (int64_t h = 0; h < H; h++) {
+        float *o = c->out + h * c->dv;
+        const float by = 1.0f / x.gsum[h];
+        for (int64_t i = 0; i < c->dv; i++) {
+            float acc = 0.0f;
+            for (int64_t r = 0; r < x.n_ranges; r++) acc += x.part[(r * H + h) * c->dv + i];
+            o[i] = c->round_bf16 ? acc : acc * by;
+        }
+    }
+    return true;
+}
+
 static void attention_task(void *arg, int task, int thread) {
     const attn_ctx *c = arg;
     float *tile = c->tiles ? c->tiles + (size_t)thread * c->tile_floats : NULL;
@@ -437,6 +580,10 @@ pio_status pio_cpu_attention_run(pio_threadpool *pool, const float *q, int64_t n
             return pio_error_set(err, PIO_ERR_OOM, "attention: out of memory for int8 tiles");
     }
     c.group = c.heads / c.kv_heads;
+    /* One token deep in its context, threads to share it: split the keys. */
+    if (c.n == 1 && !int8 && threads > 1 && keys >= SPLIT_MIN_KEYS && c.dk <= QB_MAX &&
+        attend_split(&c, pool))
+        return PIO_OK;
     c.hb = c.group < HEAD_BATCH ? c.group : HEAD_BATCH;
     for (;;) {
         c.batches = (c.group + c.hb - 1) / c.hb;

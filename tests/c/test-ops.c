@@ -828,6 +828,15 @@ static void test_attention(void) {
         for (int rnd = 0; rnd < 2; rnd++)
             check_attention(pools[1], 4, 2, 32, 32, 4300, cd ? PIO_BF16 : PIO_F32, rnd, 3, lseq,
                             lpos, 8.0f);
+    /* One token deep in its context (the keys split over the threads) */
+    static const int32_t dseq[] = {1}, dpos[] = {4200}, dpos2[] = {700};
+    for (int p = 0; p < 2; p++)
+        for (int cd = 0; cd < 2; cd++)
+            for (int rnd = 0; rnd < 2; rnd++) {
+                pio_dtype dt = cd ? PIO_BF16 : PIO_F32;
+                check_attention(pools[p], 8, 2, 32, 24, 4300, dt, rnd, 1, dseq, dpos, 8.0f);
+                check_attention(pools[p], 4, 4, 20, 20, 4300, dt, rnd, 1, dseq, dpos2, 2.0f);
+            }
     /* Prompts (16 tokens or more: the GEMM-style path on AVX-512): slot 0 from
      * position 0 in a shuffled order, interleaved with slot 2 continuing at 100,
      * and head sizes that fill no register tile exactly. */
