@@ -1,5 +1,5 @@
--- What the parity specs share (tests/qwen3_parity.lua, tests/spec/qwen3_moe_parity_spec.lua,
--- tests/spec/qwen3_parity_spec.lua): where the fixtures are, the tolerances, and small helpers.
+-- What the parity checks share (tests/qwen3_parity.lua, tests/qwen3_moe_parity.lua): where
+-- the fixtures are, the tolerances, small helpers and the checks both architectures run.
 -- Load it with loadfile("tests/parity_util.lua", "t", _ENV)() from a spec, so that
 -- check_shape sees busted's assert.
 local cjson = require "cjson"
@@ -83,6 +83,82 @@ function M.max_delta(got, want)
         end
     end
     return d, big
+end
+
+-- ---- the checks both architectures run (registered inside a describe) ----------------
+-- model() and expected() return the fixture's loaded model and reference tensors (they
+-- are made in lazy_setup, after registration).
+
+-- One it() per prompt: f32 logits at every position within F32_RTOL x max|logit|.
+function M.f32_prompt_checks(name, ref, vocab, model, expected)
+    for i, p in ipairs(ref.prompts) do
+        local ids = M.ints(p.ids)
+        it(("matches transformers' f32 logits at every position of prompt %d (%d tokens)"):format(i - 1, #ids), function()
+            local what = ("%s prompt %d"):format(name, i - 1)
+            local t = model():logits(ids)
+            M.check_shape(t, #ids, vocab, what)
+            local got = t:table()
+            local want = expected()["logits_f32." .. (i - 1)]:table()
+            local d, big = M.max_delta(got, want)
+            if M.VERBOSE then
+                io.stderr:write(("%s f32: max|d| %.3g = %.3g x max|logit|\n"):format(what, d, d / big))
+            end
+            -- max|dlogit| <= F32_RTOL * max|logit|: an absolute tolerance per prompt
+            assert.tensor_near(got, want, 0, M.F32_RTOL * big)
+        end)
+    end
+end
+
+-- transformers' greedy f32 continuation, token for token (and its text where exact).
+function M.greedy_check(name, ref, model)
+    it("generates transformers' greedy continuation (32 tokens, f32)", function()
+        local prompt = M.ints(ref.prompts[math.tointeger(ref.greedy_prompt) + 1].ids)
+        local want = M.ints(ref.greedy_f32)
+        local text, stats = model():generate(prompt, { max_new_tokens = #want, temperature = 0 })
+        assert.are.same(want, stats.tokens, name .. ": greedy f32 tokens differ from transformers'")
+        -- Only where no added token or broken UTF-8 leaves room for detokenizer policy.
+        if ref.greedy_f32_text_exact then
+            assert.are.equal(ref.greedy_f32_text, text)
+        end
+    end)
+end
+
+-- Strict bf16 top-1 agreement (the same token, even where transformers' top two are tied
+-- at bf16 precision) at >= BF16_TOP1 of all prompts' positions. Returns the largest
+-- |dlogit| and |logit| for callers that bound them too.
+function M.bf16_top1(name, ref, vocab, model16, expected)
+    local agree, total, worst, big = 0, 0, 0, 0
+    local misses = {}
+    for i, p in ipairs(ref.prompts) do
+        local ids = M.ints(p.ids)
+        local t = model16:logits(ids)
+        M.check_shape(t, #ids, vocab, ("%s prompt %d"):format(name, i - 1))
+        local got = t:table()
+        local want = expected["logits_bf16." .. (i - 1)]:table()
+        local d, b = M.max_delta(got, want)
+        worst, big = math.max(worst, d), math.max(big, b)
+        for r = 1, #ids do
+            local g = M.argmax(got[r])
+            local w, wmax = M.argmax(want[r])
+            if g == w then
+                agree = agree + 1
+            else
+                misses[#misses + 1] = ("prompt %d pos %d: pio %d, transformers %d (margin %.4g)"):format(
+                    i - 1, r - 1, g, w, wmax - want[r][g + 1])
+            end
+            total = total + 1
+        end
+    end
+    if M.VERBOSE then
+        io.stderr:write(("%s bf16: max|d| %.3g = %.3g x max|logit|, top-1 %d/%d\n"):format(
+            name, worst, worst / big, agree, total))
+    end
+    assert(
+        agree >= M.BF16_TOP1 * total,
+        ("%s bf16: top-1 agrees at %d of %d positions; misses: %s"):format(
+            name, agree, total, table.concat(misses, "; "))
+    )
+    return worst, big
 end
 
 return M

@@ -6,10 +6,8 @@ local pio = require "pio"
 
 -- The shared helpers and tolerances (tests/parity_util.lua), in this environment.
 local U = assert(loadfile("tests/parity_util.lua", "t", _ENV))()
-local FIXTURES, THREADS, VERBOSE = U.FIXTURES, U.THREADS, U.VERBOSE
-local F32_RTOL, BF16_TOP1 = U.F32_RTOL, U.BF16_TOP1
-local read_json, ints, argmax, bf16_ulp = U.read_json, U.ints, U.argmax, U.bf16_ulp
-local printable, check_shape, max_delta = U.printable, U.check_shape, U.max_delta
+local FIXTURES, THREADS = U.FIXTURES, U.THREADS
+local read_json, ints, bf16_ulp, printable = U.read_json, U.ints, U.bf16_ulp, U.printable
 local NAMES = { "qwen3-gqa1", "qwen3-gqa2", "qwen3-gqa4" }
 
 --- Registers the parity describes for `device` ("cpu" or "cuda"); `tags` is
@@ -40,33 +38,9 @@ return function(device, tags)
             end)
 
             describe("f32", function()
-                for i, p in ipairs(ref.prompts) do
-                    local ids = ints(p.ids)
-                    it(("matches transformers' f32 logits at every position of prompt %d (%d tokens)"):format(i - 1, #ids), function()
-                        local what = ("%s prompt %d"):format(name, i - 1)
-                        local t = model:logits(ids)
-                        check_shape(t, #ids, vocab, what)
-                        local got = t:table()
-                        local want = expected["logits_f32." .. (i - 1)]:table()
-                        local d, big = max_delta(got, want)
-                        if VERBOSE then
-                            io.stderr:write(("%s f32: max|d| %.3g = %.3g x max|logit|\n"):format(what, d, d / big))
-                        end
-                        -- max|dlogit| <= F32_RTOL * max|logit|: an absolute tolerance per prompt
-                        assert.tensor_near(got, want, 0, F32_RTOL * big)
-                    end)
-                end
-
-                it("generates transformers' greedy continuation (32 tokens, f32)", function()
-                    local prompt = ints(ref.prompts[math.tointeger(ref.greedy_prompt) + 1].ids)
-                    local want = ints(ref.greedy_f32)
-                    local text, stats = model:generate(prompt, { max_new_tokens = #want, temperature = 0 })
-                    assert.are.same(want, stats.tokens, name .. ": greedy f32 tokens differ from transformers'")
-                    -- Only where no added token or broken UTF-8 leaves room for detokenizer policy.
-                    if ref.greedy_f32_text_exact then
-                        assert.are.equal(ref.greedy_f32_text, text)
-                    end
-                end)
+                U.f32_prompt_checks(name, ref, vocab, function() return model end,
+                                    function() return expected end)
+                U.greedy_check(name, ref, function() return model end)
             end)
 
             describe("bf16", function()
@@ -86,39 +60,7 @@ return function(device, tags)
                 end)
 
                 it("agrees with transformers' bf16 top-1 at >= 99% of positions", function()
-                    local agree, total, worst, big = 0, 0, 0, 0
-                    local misses = {}
-                    for i, p in ipairs(ref.prompts) do
-                        local ids = ints(p.ids)
-                        local t = model16:logits(ids)
-                        check_shape(t, #ids, vocab, ("%s prompt %d"):format(name, i - 1))
-                        local got = t:table()
-                        local want = expected["logits_bf16." .. (i - 1)]:table()
-                        local d, b = max_delta(got, want)
-                        worst, big = math.max(worst, d), math.max(big, b)
-                        for r = 1, #ids do
-                            local g = argmax(got[r])
-                            local w, wmax = argmax(want[r])
-                            -- Strict: the same token, even where transformers' top two are tied
-                            -- at bf16 precision.
-                            if g == w then
-                                agree = agree + 1
-                            else
-                                misses[#misses + 1] = ("prompt %d pos %d: pio %d, transformers %d (margin %.4g)"):format(
-                                    i - 1, r - 1, g, w, wmax - want[r][g + 1])
-                            end
-                            total = total + 1
-                        end
-                    end
-                    if VERBOSE then
-                        io.stderr:write(("%s bf16: max|d| %.3g = %.3g x max|logit|, top-1 %d/%d\n"):format(
-                            name, worst, worst / big, agree, total))
-                    end
-                    assert(
-                        agree >= BF16_TOP1 * total,
-                        ("%s bf16: top-1 agrees at %d of %d positions; misses: %s"):format(
-                            name, agree, total, table.concat(misses, "; "))
-                    )
+                    local worst, big = U.bf16_top1(name, ref, vocab, model16, expected)
                     -- pio rounds where transformers rounds, so it may differ only by the
                     -- order of f32 sums: allow two bf16 steps at the largest logit (measured: at
                     -- most one), far below transformers' own f32-vs-bf16 distance.

@@ -84,76 +84,11 @@ describe("a model on CUDA #gpu", function()
   end)
 end)
 
--- Qwen3-MoE on the GPU: the fixtures' prompts (1-60 tokens: up to 120-240 token-
--- expert pairs) take the grouped path (rows per expert, cuBLAS products), decode
--- steps the device path (expert pointers, no host round trip); the same bounds
--- as tests/spec/qwen3_moe_parity_spec.lua on the CPU.
-local cjson = require "cjson"
-for _, name in ipairs({ "qwen3-moe-e8k2", "qwen3-moe-e16k4" }) do
-  local dir = FIXTURES .. "/" .. name
-  describe("qwen3-moe parity on cuda: " .. name .. " #gpu #qwen3_moe", function()
-    local ref, expected
-    lazy_setup(function()
-      local f = assert(io.open(dir .. "/reference.json", "rb"))
-      ref = cjson.decode(f:read("a"))
-      f:close()
-      expected = assert(pio.safetensors(dir .. "/reference.safetensors"))
-    end)
-    local function ints(list)
-      local out = {}
-      for i, v in ipairs(list) do out[i] = math.tointeger(v) end
-      return out
-    end
-    local function argmax(row)
-      local best, at = -math.huge, 0
-      for j = 1, #row do if row[j] > best then best, at = row[j], j - 1 end end
-      return at
-    end
-
-    it("f32: logits within 1e-4 x max|logit| and transformers' greedy tokens", function()
-      local m = assert(pio.load(dir, { dtype = "f32", device = "cuda" }))
-      for i, p in ipairs(ref.prompts) do
-        local got = m:logits(ints(p.ids)):table()
-        local want = expected["logits_f32." .. (i - 1)]:table()
-        local d, big = 0, 0
-        for r = 1, #want do
-          for c = 1, #want[r] do
-            d = math.max(d, math.abs(got[r][c] - want[r][c]))
-            big = math.max(big, math.abs(want[r][c]))
-          end
-        end
-        if os.getenv("PIO_VERBOSE") then
-          io.stderr:write(("%s cuda prompt %d f32: max|d| %.3g = %.3g x max|logit|\n"):format(name, i - 1, d, d / big))
-        end
-        assert(d <= 1e-4 * big, ("%s prompt %d: max|dlogit| %.3g > 1e-4 x %.3g"):format(name, i - 1, d, big))
-      end
-      local prompt = ints(ref.prompts[math.tointeger(ref.greedy_prompt) + 1].ids)
-      local want = ints(ref.greedy_f32)
-      local _, stats = m:generate(prompt, { max_new_tokens = #want, temperature = 0 })
-      assert.are.same(want, stats.tokens)
-      m:free()
-    end)
-
-    it("bf16: top-1 agrees with transformers' bf16 at >= 99% of positions", function()
-      local m = assert(pio.load(dir, { dtype = "bf16", device = "cuda" }))
-      local agree, total = 0, 0
-      for i, p in ipairs(ref.prompts) do
-        local ids = ints(p.ids)
-        local got = m:logits(ids):table()
-        local want = expected["logits_bf16." .. (i - 1)]:table()
-        for r = 1, #ids do
-          if argmax(got[r]) == argmax(want[r]) then agree = agree + 1 end
-          total = total + 1
-        end
-      end
-      if os.getenv("PIO_VERBOSE") then
-        io.stderr:write(("%s cuda bf16: top-1 %d/%d\n"):format(name, agree, total))
-      end
-      assert(agree >= 0.99 * total, ("%s: top-1 %d of %d"):format(name, agree, total))
-      m:free()
-    end)
-  end)
-end
+-- Qwen3-MoE on the GPU: the checks of tests/qwen3_moe_parity.lua with device "cuda". The
+-- fixtures' prompts (1-60 tokens: up to 240 token-expert pairs) and decode steps take the
+-- device path (grouped expert kernel, no host round trip); the prompt below the grouped
+-- cuBLAS path.
+assert(loadfile("tests/qwen3_moe_parity.lua", "t", _ENV))()("cuda", " #gpu")
 
 describe("qwen3-moe on cuda, long prompts #gpu #qwen3_moe", function()
   it("a prompt of over 256 token-expert pairs (per-expert cuBLAS products) matches the CPU in f32", function()
