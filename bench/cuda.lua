@@ -38,12 +38,7 @@ local function prompt_flops(cfg, n_prompt, depth)
   return n_prompt * (2 * per_layer * L + 4 * L * H * D * mean_keys)
 end
 
-local function read_config(path)
-  local f = assert(io.open(path, "r"))
-  local text = f:read("a")
-  f:close()
-  return require("cjson").decode(text)
-end
+local read_config = require("pio.bench").read_json
 
 local function report(result, out)
   if not peak_tflops then return end

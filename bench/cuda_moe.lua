@@ -14,12 +14,7 @@ local path = os.getenv("PIO_BENCH_MOE_CONFIG") or "bench/models/qwen3-coder-30b-
 local copy_gbs = tonumber(os.getenv("PIO_GPU_COPY_GBS") or "")
 local STEPS, DEPTH, BATCHES = 64, 16, { 1, 8, 32 }
 
-local function read_config(p)
-  local f = assert(io.open(p, "r"))
-  local text = f:read("a")
-  f:close()
-  return require("cjson").decode(text)
-end
+local read_config = require("pio.bench").read_json
 
 -- Bytes one decode step of `b` sequences reads (bf16 weights, 2 bytes each).
 local function step_bytes(cfg, info, b)

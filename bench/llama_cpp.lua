@@ -12,7 +12,8 @@ local M = { name = "llama.cpp" }
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "bench"
 
-local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local bench = require "pio.bench"
+local quote, run_capture = bench.shell_quote, bench.run_capture
 
 local function python()
   local env = os.getenv("PIO_BENCH_PYTHON")
@@ -37,12 +38,6 @@ local function cache_dir()
   return (os.getenv("HOME") or "/tmp") .. "/.cache/pio-bench"
 end
 
-local function run_capture(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return ok, out, code
-end
 
 local build_text
 function M.describe()
@@ -95,7 +90,7 @@ function M.run(gguf, ctx)
   local ok, out = run_capture(string.format("%s %s %s %d %d %s 2>&1", quote(python()),
     quote(here .. "/peers/llama_cpp_bench.py"), quote(gguf), ctx.threads, ctx.reps,
     table.concat(args, " ")))
-  local results, build = require("pio.bench").parse_peer_output(out)
+  local results, build = bench.parse_peer_output(out)
   build_text = build or build_text
   if not ok and next(results) == nil then return nil, "llama_cpp_bench.py failed: " .. out end
   return results

@@ -33,12 +33,7 @@ local path = arg[1] or "bench/models/qwen3-moe-small/config.json"
 local threads = math.tointeger(tonumber(arg[2] or os.getenv("PIO_BENCH_THREADS") or "2"))
 local reps = math.tointeger(tonumber(os.getenv("PIO_BENCH_REPS") or "3"))
 
-local function read_config(p)
-  local f = assert(io.open(p, "rb"))
-  local c = cjson.decode(f:read("a"))
-  f:close()
-  return c
-end
+local read_config = require("pio.bench").read_json
 
 local cfg = read_config(path)
 local E, V, L = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers

@@ -8,19 +8,14 @@ local M = { name = "transformers" }
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "bench"
 local build_text
 
-local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local bench = require "pio.bench"
+local quote, run_capture = bench.shell_quote, bench.run_capture
 
 local function python()
   local env = os.getenv("PIO_BENCH_TORCH_PYTHON")
   return (env and env ~= "") and env or "python3"
 end
 
-local function run_capture(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  local ok = p:close()
-  return ok, out
-end
 
 function M.describe() return build_text or "not run" end
 
@@ -38,7 +33,7 @@ function M.run(dir, ctx)
   end
   local ok, out = run_capture(string.format("%s %s %s %d %s 2>&1", quote(python()),
     quote(here .. "/peers/transformers_bench.py"), quote(dir), ctx.reps, table.concat(args, " ")))
-  local results, build = require("pio.bench").parse_peer_output(out)
+  local results, build = bench.parse_peer_output(out)
   build_text = build or build_text
   if not ok and next(results) == nil then return nil, "transformers_bench.py failed: " .. out:sub(-2000) end
   return results

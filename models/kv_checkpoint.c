@@ -92,13 +92,20 @@ static char *row_bytes(const pio_model *m, int layer, int which, int64_t row, si
     return (char *)((which == 2 ? p->k_scale : p->v_scale) + (size_t)row * heads);
 }
 
-pio_status pio_model_seq_save(const pio_model *m, int32_t seq, const char *path, pio_error *err) {
+/* A slot in range, on a model whose cache lives in host memory. */
+static pio_status check_slot(const pio_model *m, int32_t seq, pio_error *err) {
     if (seq < 0 || seq >= m->max_seqs)
         return pio_error_set(err, PIO_ERR_RANGE, "sequence slot %d is outside [0, %d)", seq,
                              m->max_seqs);
     if (m->device != PIO_DEVICE_CPU)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED,
                              "sequence checkpoints run on the CPU only for now");
+    return PIO_OK;
+}
+
+pio_status pio_model_seq_save(const pio_model *m, int32_t seq, const char *path, pio_error *err) {
+    pio_status st = check_slot(m, seq, err);
+    if (st) return st;
     const pio_kv_seq *s = &m->kv->seqs[seq];
     if (s->len == 0)
         return pio_error_set(err, PIO_ERR_INVALID, "sequence %d is empty: nothing to save", seq);
@@ -161,16 +168,11 @@ static pio_status check_header(const pio_model *m, const header *h, const char *
 }
 
 pio_status pio_model_seq_load(pio_model *m, int32_t seq, const char *path, pio_error *err) {
-    if (seq < 0 || seq >= m->max_seqs)
-        return pio_error_set(err, PIO_ERR_RANGE, "sequence slot %d is outside [0, %d)", seq,
-                             m->max_seqs);
-    if (m->device != PIO_DEVICE_CPU)
-        return pio_error_set(err, PIO_ERR_UNSUPPORTED,
-                             "sequence checkpoints run on the CPU only for now");
+    pio_status st = check_slot(m, seq, err);
+    if (st) return st;
     FILE *f = fopen(path, "rb");
     if (!f) return pio_error_set(err, PIO_ERR_IO, "cannot open '%s'", path);
     header h;
-    pio_status st = PIO_OK;
     if (fread(&h, sizeof h, 1, f) != 1)
         st = pio_error_set(err, PIO_ERR_FORMAT, "'%s' is too short for a checkpoint", path);
     if (st == PIO_OK) st = check_header(m, &h, path, err);

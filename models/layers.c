@@ -164,14 +164,6 @@ pio_status pio_build_logits(pio_model *m, const pio_batch *b, const pio_tensor *
     return pio_build_linear(m, &sel, lm_head, logits, err);
 }
 
-/* Rows [r0, r0 + n) of a contiguous 2-D tensor, as a borrowed view. */
-static pio_tensor rows_of(const pio_tensor *t, int64_t r0, int64_t n) {
-    pio_tensor v = *t;
-    v.offset += (size_t)(r0 * t->stride[0]) * pio_dtype_info(t->dtype)->size;
-    v.shape[0] = n;
-    return v;
-}
-
 pio_status pio_build_moe(pio_model *m, const pio_moe_weights *w, const pio_moe_params *p,
                          const pio_tensor *h, pio_tensor *out, pio_error *err) {
     ON_CUDA(m, pio_cuda_build_moe(m, w, p, h, out, err));
@@ -221,8 +213,8 @@ pio_status pio_build_moe(pio_model *m, const pio_moe_weights *w, const pio_moe_p
         for (; e < n_exp && c < CHUNK; e++) {
             int64_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
             if (rows == 0) continue;
-            pio_tensor xe = rows_of(&xg, r0, rows), ge = rows_of(&gate, r0, rows);
-            pio_tensor ue = rows_of(&up, r0, rows), ye = rows_of(&yg, r0, rows);
+            pio_tensor xe = pio_rows_of(&xg, r0, rows), ge = pio_rows_of(&gate, r0, rows);
+            pio_tensor ue = pio_rows_of(&up, r0, rows), ye = pio_rows_of(&yg, r0, rows);
             if (rows >= OWN_RUN_ROWS) {
                 const pio_tensor *gu_w[2] = {w->gate[e], w->up[e]};
                 pio_tensor *gu_y[2] = {&ge, &ue};

@@ -145,14 +145,6 @@ pio_status pio_cuda_build_logits(pio_model *m, const pio_batch *b, const pio_ten
     return st ? st : pio_cuda_build_linear(m, &sel, lm_head, logits, err);
 }
 
-/* Rows [r0, r0 + n) of a 2-D tensor, as a borrowed view. */
-static pio_tensor rows_of(const pio_tensor *t, int64_t r0, int64_t n) {
-    pio_tensor v = *t;
-    v.offset += (size_t)(r0 * t->stride[0]) * pio_dtype_info(t->dtype)->size;
-    v.shape[0] = n;
-    return v;
-}
-
 /* Up to this many (token, expert) pairs, the experts' products run in one
  * grouped kernel per projection that reads each chosen expert once, with no
  * host round trip (decode of up to 32 sequences at top-8; graph-capturable);
@@ -222,8 +214,8 @@ pio_status pio_cuda_build_moe(pio_model *m, const pio_moe_weights *w, const pio_
         for (int32_t e = 0; st == PIO_OK && e < n_exp; e++) {
             int64_t r0 = o[e], rows = o[e + 1] - o[e];
             if (rows <= 0) continue;
-            pio_tensor xe = rows_of(&xg, r0, rows), ge = rows_of(&gate, r0, rows);
-            pio_tensor ue = rows_of(&up, r0, rows);
+            pio_tensor xe = pio_rows_of(&xg, r0, rows), ge = pio_rows_of(&gate, r0, rows);
+            pio_tensor ue = pio_rows_of(&up, r0, rows);
             if (!(st = pio_cuda_build_linear(m, &xe, w->gate[e], &ge, err)))
                 st = pio_cuda_build_linear(m, &xe, w->up[e], &ue, err);
         }
@@ -231,7 +223,7 @@ pio_status pio_cuda_build_moe(pio_model *m, const pio_moe_weights *w, const pio_
         for (int32_t e = 0; st == PIO_OK && e < n_exp; e++) {
             int64_t r0 = o[e], rows = o[e + 1] - o[e];
             if (rows <= 0) continue;
-            pio_tensor ge = rows_of(&gate, r0, rows), ye = rows_of(&yg, r0, rows);
+            pio_tensor ge = pio_rows_of(&gate, r0, rows), ye = pio_rows_of(&yg, r0, rows);
             st = pio_cuda_build_linear(m, &ge, w->down[e], &ye, err);
         }
         pio_tensor_free(off);

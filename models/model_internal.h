@@ -186,6 +186,14 @@ void pio_model_forget_weights(pio_model *m, pio_tensor *const *ts, size_t n);
 pio_status pio_scratch(pio_model *m, enum pio_scratch_slot slot, int64_t n, int64_t width,
                        pio_tensor *view, pio_error *err);
 
+/* Rows [r0, r0 + n) of a 2-D tensor (any row stride), as a borrowed view. */
+static inline pio_tensor pio_rows_of(const pio_tensor *t, int64_t r0, int64_t n) {
+    pio_tensor v = *t;
+    v.offset += (size_t)(r0 * t->stride[0]) * pio_dtype_info(t->dtype)->size;
+    v.shape[0] = n;
+    return v;
+}
+
 /* A borrowed view with a new shape over the same contiguous bytes. */
 static inline pio_tensor pio_reshape(const pio_tensor *t, int ndim, const int64_t *shape) {
     pio_tensor v = *t;

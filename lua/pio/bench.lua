@@ -125,6 +125,24 @@ local function read_file(path)
   return s
 end
 
+--- For suites and peers: a JSON file decoded (config.json), raising when unreadable.
+function M.read_json(path)
+  local text = read_file(path)
+  if not text then error("cannot read " .. tostring(path), 2) end
+  return require("cjson").decode(text)
+end
+
+--- For peers: s quoted for the shell, and a command's output with its exit status
+-- (ok, output, code).
+function M.shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+function M.run_capture(cmd)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  local ok, _, code = p:close()
+  return ok, out, code
+end
+
 local function shell(cmd)
   local p = io.popen(cmd .. " 2>/dev/null")
   if not p then return nil end
