@@ -7,15 +7,17 @@
 #      packages scripts/gpu-deps.sh unpacked into .gpu-deps where the machine
 #      lacks them), else the kernels alone (kernels/cuda/standalone);
 #   3. runs the gpu-labelled C tests (tests/c/test-cuda-*.c: every CUDA op
-#      against its CPU twin, then again with programmatic dependent launch);
+#      against its CPU twin, without and then with programmatic dependent launch);
 #      a skip counts as a failure here;
 #   4. runs bench/cuda-micro: copy bandwidth, cuBLAS bf16 peak, the matvec
 #      kernel on Qwen3-4B shapes, prompt GEMMs, attention, and the op chain of
 #      a Qwen3-4B forward pass (kernels only, as a graph with and without PDL);
 #   5. the busted specs tagged gpu (Qwen3 and Qwen3-MoE fixtures on cuda against
-#      transformers' outputs), again with PIO_CUDA_PDL=1;
+#      transformers' outputs); PIO_GPU_NOPDL=1 runs them again without
+#      programmatic dependent launch (PIO_CUDA_PDL=0);
 #   6. the model benchmarks (PIO_GPU_BENCH): dense = bench/cuda.lua (Qwen3-4B,
-#      transformers on the same card; tg128/pp512 again with PDL), serving =
+#      transformers on the same card; tg128/pp512 again without PDL when
+#      PIO_GPU_NOPDL=1), serving =
 #      bench/serving.lua on cuda, moe = bench/cuda_moe.lua (the 30B-A3B shape);
 #   7. prints a short summary table.
 # Every step has a timeout; a failing step is reported and the next one still
@@ -129,15 +131,15 @@ if [ -x "$build/pio" ]; then
     step model-bench 360 env PIO_GPU_COPY_GBS="$copy" PIO_GPU_PEAK_TFLOPS="$peak" \
       "$build/pio" bench "$root/bench/cuda.lua" --reps "$reps" --json "$logs/bench-cuda.json"
   fi
-  # The same model with programmatic dependent launch between kernels
-  # (PIO_CUDA_PDL=1): the specs again (same numbers expected), then decode and a
-  # prompt, to compare with the rows above. PIO_GPU_PDL=0 skips it.
-  if [ "${PIO_GPU_PDL:-1}" = 1 ]; then
-    step gpu-specs-pdl 300 env PIO_CUDA_PDL=1 PIO_BUILD_DIR="$build" "${busted_cmd[@]}" --tags=gpu
+  # Programmatic dependent launch is on by default (Hopper); PIO_GPU_NOPDL=1
+  # runs the specs again without it (same numbers expected) and decode and a
+  # prompt, to compare with the rows above.
+  if [ "${PIO_GPU_NOPDL:-0}" = 1 ]; then
+    step gpu-specs-nopdl 300 env PIO_CUDA_PDL=0 PIO_BUILD_DIR="$build" "${busted_cmd[@]}" --tags=gpu
     if [[ ",$benches," == *,dense,* ]]; then
-      step model-bench-pdl 240 env PIO_CUDA_PDL=1 PIO_BENCH_PEERS=0 PIO_BENCH_TESTS=tg128,pp512 \
+      step model-bench-nopdl 240 env PIO_CUDA_PDL=0 PIO_BENCH_PEERS=0 PIO_BENCH_TESTS=tg128,pp512 \
         PIO_GPU_COPY_GBS="$copy" PIO_GPU_PEAK_TFLOPS="$peak" \
-        "$build/pio" bench "$root/bench/cuda.lua" --reps "$reps" --json "$logs/bench-cuda-pdl.json"
+        "$build/pio" bench "$root/bench/cuda.lua" --reps "$reps" --json "$logs/bench-cuda-nopdl.json"
     fi
   fi
   # Continuous batching on the GPU (bench/serving.lua's concurrency part, Qwen3-4B).
@@ -164,12 +166,12 @@ fi
 if [ -f "$logs/model-bench.log" ]; then
   sed -n '/^| model/,$p' "$logs/model-bench.log" | grep -vE "^(peak memory|wrote)" || true
 fi
-if [ -f "$logs/gpu-specs-pdl.log" ]; then
-  grep -E "^[0-9]+ passed, [0-9]+ failed" "$logs/gpu-specs-pdl.log" | tail -n 1 | sed 's/^/gpu specs with PDL: /' || true
+if [ -f "$logs/gpu-specs-nopdl.log" ]; then
+  grep -E "^[0-9]+ passed, [0-9]+ failed" "$logs/gpu-specs-nopdl.log" | tail -n 1 | sed 's/^/gpu specs without PDL: /' || true
 fi
-if [ -f "$logs/model-bench-pdl.log" ]; then
-  echo "with programmatic dependent launch (PIO_CUDA_PDL=1):"
-  grep -E "^\| qwen3" "$logs/model-bench-pdl.log" | head -n 4 || true
+if [ -f "$logs/model-bench-nopdl.log" ]; then
+  echo "without programmatic dependent launch (PIO_CUDA_PDL=0):"
+  grep -E "^\| qwen3" "$logs/model-bench-nopdl.log" | head -n 4 || true
 fi
 if [ -f "$logs/serving-bench.log" ]; then
   sed -n '/ on cuda$/,$p' "$logs/serving-bench.log" | grep -vE "^(peak memory|pio bench: wrote)" || true

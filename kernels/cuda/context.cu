@@ -367,8 +367,10 @@ pio_cuda_ctx *pio_cuda_ctx_new(const pio_cuda_ctx_opts *opts, pio_error *err) {
         goto fail;
     }
     {
+        /* On by default (H100: decode 217.96 -> 221.86 tok/s, same outputs);
+         * PIO_CUDA_PDL=0 turns it off. */
         const char *pdl = getenv("PIO_CUDA_PDL");
-        ctx->pdl = pdl && strcmp(pdl, "1") == 0 && ctx->info.cc_major >= 9;
+        ctx->pdl = !(pdl && strcmp(pdl, "0") == 0) && ctx->info.cc_major >= 9;
     }
     ctx->mm_path = PIO_CUDA_MM_AUTO;
     ctx->attn_path = PIO_CUDA_ATTN_AUTO;

@@ -345,8 +345,8 @@ void pio_cuda_set_attn_splits(pio_cuda_ctx *ctx, int splits);
 /* Programmatic dependent launch (Hopper): each kernel of the decode chain may
  * be scheduled while the one before it finishes, and waits on the device for
  * it before touching memory, so results do not change; launch gaps shrink.
- * Off by default; PIO_CUDA_PDL=1 in the environment turns it on for new
- * contexts. Not while capturing a graph. */
+ * On by default on Hopper and later; PIO_CUDA_PDL=0 in the environment turns
+ * it off for new contexts. Not changed while capturing a graph. */
 void pio_cuda_set_pdl(pio_cuda_ctx *ctx, bool on);
 bool pio_cuda_pdl(const pio_cuda_ctx *ctx);
 

@@ -927,6 +927,7 @@ int main(void) {
     if (!pool) die("thread pool", &err);
 
     test_pool_and_rejects();
+    pio_cuda_set_pdl(ctx, false); /* first without programmatic dependent launch (on by default) */
     test_embedding();
     test_elementwise();
     test_norm();
