@@ -87,13 +87,19 @@ function M.measure(model, spec, reps, opts)
   -- Warm-up as llama-bench: the prompt once, one generated token.
   if spec.n_prompt > 0 then model:bench_forward(spec.n_prompt, spec.depth, opts.n_batch) end
   if spec.n_gen > 0 then model:bench_forward(1, spec.depth) end
-  local samples = {}
+  -- opts.beside: a function read just before each repetition (the machine's
+  -- memory bandwidth at that moment), its values returned as `beside`.
+  local samples, beside = {}, nil
   for r = 1, reps do
+    if opts.beside then
+      beside = beside or {}
+      beside[r] = opts.beside()
+    end
     local s = run_once(model, spec, opts.n_batch)
     samples[r] = (spec.n_prompt + spec.n_gen) / s
   end
   local mean, sd = stats(samples)
-  return { mean = mean, sd = sd, samples = samples }
+  return { mean = mean, sd = sd, samples = samples, beside = beside }
 end
 
 --- What a peer's benchmark script printed: one JSON line per test,
@@ -357,7 +363,9 @@ function M.run(suite, opts)
   result.machine.threads = suite.threads
   -- The roofline's bandwidth: the best of several measurements over the run
   -- (before and after each model), since other jobs' memory traffic on a
-  -- shared machine only ever lowers a reading.
+  -- shared machine only ever lowers a reading. On the CPU, decode rows also
+  -- get a reading just before each repetition ("beside"): on a shared machine
+  -- the bandwidth at that moment is what the repetition could have had.
   local bandwidth
   local bw_readings = setmetatable({}, M.array)
   result.machine.read_bandwidth_readings = bw_readings
@@ -378,6 +386,22 @@ function M.run(suite, opts)
     end
   end
   measure_bandwidth()
+  local read_beside
+  if suite.roofline and not suite.bandwidth and suite.roofline_beside ~= false then
+    read_beside = function()
+      local ok, bw = pcall(pio.read_bandwidth, { threads = suite.threads or 0, mib = 256, reps = 3 })
+      return ok and bw or nil
+    end
+  end
+  -- Mean over repetitions of t/s ÷ (bandwidth beside it ÷ bytes per token).
+  local function fraction_beside(samples, readings, bytes)
+    if not (samples and readings and bytes) then return nil end
+    local sum, n = 0, 0
+    for i, tps in ipairs(samples) do
+      if readings[i] then sum, n = sum + tps * bytes / readings[i], n + 1 end
+    end
+    return n > 0 and sum / n or nil
+  end
   for _, p in ipairs(suite.peers or {}) do
     result.peers[#result.peers + 1] = { name = p.name, build = p.describe and p.describe() or nil }
   end
@@ -401,7 +425,7 @@ function M.run(suite, opts)
     local backend = info.device == "cuda" and "CUDA" or "CPU"
     local weight_bytes = model:decode_bytes()
     local label = string.format("%s %s", m.name, m.dtype)
-    local per_test = {}
+    local per_test, peer_beside = {}, {}
 
     -- Peers export while the model is loaded. When both copies fit in memory
     -- the peer runs each test right after pio's, so that both see the same
@@ -444,7 +468,8 @@ function M.run(suite, opts)
     for _, spec in ipairs(suite.specs) do
       log("  %s: %s ...", label, spec.name)
       local load = M.machine().load_average
-      local r = M.measure(model, spec, reps, { n_batch = m.n_batch })
+      local r = M.measure(model, spec, reps, {
+        n_batch = m.n_batch, beside = spec.decode and read_beside or nil })
       per_test[spec.name] = r
       log("  %s: %s %s t/s (load %s)", label, spec.name, fmt_tps(r), tostring(load))
       local row = {
@@ -454,11 +479,18 @@ function M.run(suite, opts)
       }
       if spec.decode and suite.roofline then
         row.roofline_bytes = decode_bytes(info, weight_bytes, spec.depth)
+        row.bandwidth_beside = r.beside
+        row.roofline_fraction_beside = fraction_beside(r.samples, r.beside, row.roofline_bytes)
       end
       result.rows[#result.rows + 1] = row
       rows[#rows + 1] = { label, gib(info.weight_bytes), string.format("%.2f B", info.parameters / 1e9),
                           backend, tostring(info.threads), spec.name, fmt_tps(r) }
-      if interleave then run_peers({ spec }) end
+      if interleave then
+        -- The peer's decode rows: a reading just before its run (it runs in
+        -- its own process, so not beside each repetition).
+        if spec.decode and read_beside then peer_beside[spec.name] = read_beside() end
+        run_peers({ spec })
+      end
     end
     result.models[#result.models + 1] = {
       name = m.name, dtype = m.dtype, path = m.path, seed = m.seed, params = info.parameters,
@@ -487,6 +519,13 @@ function M.run(suite, opts)
         }
         if spec.decode and suite.roofline then
           c.roofline_bytes = decode_bytes(info, weight_bytes, spec.depth)
+          c.bandwidth_beside = mine.beside
+          c.roofline_fraction_beside = fraction_beside(mine.samples, mine.beside, c.roofline_bytes)
+          local pb = peer_beside[spec.name]
+          if theirs and pb then
+            c.peer_bandwidth_beside = pb
+            c.peer_roofline_fraction_beside = theirs.mean * c.roofline_bytes / pb
+          end
         end
         result.comparisons[#result.comparisons + 1] = c
         compare_meta[#compare_meta + 1] = { label = label, mine = mine, theirs = theirs }
@@ -512,6 +551,9 @@ function M.run(suite, opts)
       c.ratio and string.format("%.2f", c.ratio) or "-",
       c.roofline_tps and string.format("%.1f", c.roofline_tps) or "-",
       c.roofline_fraction and string.format("%.0f%%", 100 * c.roofline_fraction) or "-",
+      c.roofline_fraction_beside and string.format("%.0f%%", 100 * c.roofline_fraction_beside) or "-",
+      c.peer_roofline_fraction_beside and string.format("%.0f%%", 100 * c.peer_roofline_fraction_beside)
+        or "-",
     }
   end
 
@@ -523,7 +565,8 @@ function M.run(suite, opts)
     for _, p in ipairs(suite.peers) do peer_names[#peer_names + 1] = p.name end
     local pn = table.concat(peer_names, "/")
     print_table(out, { "model", "test", "pio t/s", pn .. " t/s", "pio ÷ " .. pn,
-                       "roofline t/s", "pio of roofline" }, compare_rows)
+                       "roofline t/s", "pio of roofline", "pio beside", pn .. " beside" },
+                compare_rows)
     for i, p in ipairs(result.peers) do
       -- Asked again: a peer learns its build while it runs.
       local peer = suite.peers[i]
@@ -537,15 +580,21 @@ function M.run(suite, opts)
       if r.roofline_tps then
         rr[#rr + 1] = { r.model .. " " .. r.dtype, r.test, string.format("%.2f", r.tps),
                         string.format("%.1f", r.roofline_tps),
-                        string.format("%.0f%%", 100 * r.roofline_fraction) }
+                        string.format("%.0f%%", 100 * r.roofline_fraction),
+                        r.roofline_fraction_beside
+                          and string.format("%.0f%%", 100 * r.roofline_fraction_beside) or "-" }
       end
     end
-    print_table(out, { "model", "test", "t/s", "roofline t/s", "of roofline" }, rr)
+    print_table(out, { "model", "test", "t/s", "roofline t/s", "of roofline", "beside" }, rr)
   end
   if bandwidth then
     out:write(string.format("\nroofline: decode bytes per token (weights, plus the KV cache at "
       .. "depth) ÷ %.1f GB/s, the best of %d read-bandwidth measurements in this run\n",
       bandwidth / 1e9, #bw_readings))
+    if read_beside then
+      out:write("beside: the same fraction against a reading taken just before each repetition "
+        .. "(pio: mean over repetitions; the peer: one reading before its run)\n")
+    end
   end
   out:write(string.format("peak memory: %s; revision %s\n", gib(M.peak_rss() or 0),
                           tostring(result.revision)))

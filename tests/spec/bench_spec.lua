@@ -121,8 +121,15 @@ describe("pio.bench", function()
         assert.equal(1, r.threads)
         if r.test == "tg3" or r.test == "tg2 @ d5" then
           assert.is_true(r.roofline_fraction > 0)
+          -- a bandwidth reading beside each repetition, and the fraction against them
+          assert.equal(2, #r.bandwidth_beside)
+          assert.is_true(r.bandwidth_beside[1] > 0 and r.bandwidth_beside[2] > 0)
+          local want = (r.samples[1] * r.roofline_bytes / r.bandwidth_beside[1]
+            + r.samples[2] * r.roofline_bytes / r.bandwidth_beside[2]) / 2
+          assert.near(want, r.roofline_fraction_beside, 1e-9 * want)
         else
           assert.is_nil(r.roofline_fraction)
+          assert.is_nil(r.bandwidth_beside)
         end
       end
       -- the tiny model fits twice in memory: the peer runs after each of pio's tests
@@ -142,6 +149,11 @@ describe("pio.bench", function()
           compared = compared + 1
           assert.equal(1.0, c.peer_tps)
           assert.near(c.tps, c.ratio, 1e-6 * c.tps)
+          if c.test == "tg3" then -- the peer's decode row: one reading before its run
+            assert.is_true(c.peer_bandwidth_beside > 0)
+            local want = c.roofline_bytes / c.peer_bandwidth_beside
+            assert.near(want, c.peer_roofline_fraction_beside, 1e-5 * want) -- JSON keeps 6 digits
+          end
         end
         assert.is_string(c.test)
         assert.is_string(c.model)
@@ -152,6 +164,7 @@ describe("pio.bench", function()
       assert.truthy(text:find("tg2 @ d5", 1, true))
       assert.truthy(text:find("missing", 1, true))
       assert.truthy(text:find("fake: a fake peer", 1, true))
+      assert.truthy(text:find("| pio beside |", 1, true))
       os.execute("rm -rf " .. dir)
     end)
 
