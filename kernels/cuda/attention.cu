@@ -2,18 +2,28 @@
  * for the f32 reference mode), and a tensor-core tile kernel for prompts.
  *
  * Split path. Block (token t, kv head g, head batch, split s): up to 4 query
- * heads that share kv head g, keys [s·chunk, (s+1)·chunk) of 0..pos[t].
- * Each warp takes 4 keys at a time (four rows in flight), a lane owns
- * head_dim/32 consecutive elements of q, k, v and o, and a score is one warp
- * reduction. The chunk is computed on the device from pos[t], so a graph
- * captured with a fixed number of splits is right for any position. Modes:
+ * heads that share kv head g, keys [s·chunk, (s+1)·chunk) of 0..pos[t], the
+ * chunk a multiple of 32 computed on the device from pos[t] (so a graph
+ * captured with a fixed number of splits is right for any position). Each
+ * warp takes tiles of 32 keys in turn, copied by cp.async into its own
+ * shared memory (double-buffered where room allows; K rows padded to an odd
+ * number of 16-byte chunks). Scores: lane i owns key i of the tile and takes
+ * the full dot products of its K row with the heads' q (f32 in shared
+ * memory, read by all lanes at once): no reduction per score. Softmax: one
+ * warp max per head and tile; sums kept per lane. P·V: a lane owns Dv/32
+ * (2, 4 or 8) consecutive output elements, reads them from every V row of
+ * the tile and takes the keys' probabilities from shared memory. The warps'
+ * partial results are combined per block. Modes:
  *   FLASH  online softmax: partial (max, sum, Σ e^(s−max) v) per split, then
  *          attn_reduce_kernel combines the splits (round_bf16 = false);
- *   STATS  pass 1 of bf16 mode: per split max and Σ e^(s − max);
+ *   STATS  pass 1 of bf16 mode: per split max and Σ e^(s − max); also writes
+ *          the (rounded) scores to scratch [n, H, ctx] for pass 2;
  *   ROUND  pass 2 of bf16 mode: every block first combines all splits' stats
  *          into the row's final max M and sum L, then p = bf16(e^(s−M) / L),
  *          exactly as transformers' eager attention rounds its probabilities,
- *          and Σ p v per split; attn_reduce_kernel adds the splits.
+ *          and Σ p v per split; attn_reduce_kernel adds the splits. It reads
+ *          pass 1's scores (recomputes them from K when the scratch would
+ *          exceed 256 MiB), so K is read once.
  * With one split, FLASH and ROUND write the output directly.
  *
  * Tensor-core path (bf16 caches, head_dim 64 or 128). A block owns 64 rows:
@@ -26,14 +36,18 @@
  * above); otherwise one online-softmax pass.
  */
 #include <algorithm>
+#include <atomic>
 #include <math.h>
 
 #include "cuda_internal.cuh"
 
 /* ============================== split path ============================== */
 
-enum { SP_WARPS = 4, SP_THREADS = 32 * SP_WARPS, SP_GB = 4, SP_KT = 4 };
+enum { SP_WARPS = 4, SP_THREADS = 32 * SP_WARPS, SP_GB = 4, SP_KT = 32 };
 enum { MODE_FLASH = 0, MODE_STATS = 1, MODE_ROUND = 2 };
+/* Shared memory for a block's tiles: at most this much, so that three blocks
+ * fit on an SM (228 KiB on Hopper, with q, the static arrays and 1 KiB each). */
+static const size_t SP_TILE_BUDGET = 70 * 1024;
 
 struct split_args {
     pio_rows q;                 /* [n, H * Dk] */
@@ -47,55 +61,160 @@ struct split_args {
     bool rnd;                   /* scores rounded as transformers' bf16 matmul */
     float *part_o;              /* [n, H, nsplit, Dv] */
     float *part_ml;             /* [n, H, nsplit, 2] */
+    float *sc;                  /* [n, H, ctx_len]: STATS's scores for ROUND, or NULL (ROUND recomputes them) */
     pio_rows out;               /* [n, H * Dv]: written directly when nsplit == 1 */
+    /* Dynamic shared memory (plan_tiles): q of the block's heads (q_bytes,
+     * when K is read), then per warp nst stages of stage_bytes, each the K
+     * rows (at k_off), the V rows (v_off) and the scores (s_off) of 32 keys,
+     * as the mode needs them. */
+    int q_bytes;
+    int k_chunks, k_pitch;      /* 16-byte chunks of a K row (Dk padded with zeros), bytes between rows */
+    int v_elems, v_chunks;      /* a V row: elements (Dv padded with zeros), 16-byte chunks */
+    int nst, stage_bytes, k_off, v_off, s_off;
 };
 
-/* Elements [lane·DPL, lane·DPL + DPL) of a row at element offset `off`,
- * zeros past D or when !valid. vec: D == 32·DPL and rows aligned, so one load. */
-template <int DPL>
-static __device__ __forceinline__ void load_lane(const void *base, int64_t off, bool bf16, bool vec,
-                                                 int D, bool valid, float (&r)[DPL]) {
-    const int lane = threadIdx.x & 31;
-    if (valid && vec) {
-        if (bf16) {
-            const uint16_t *p = (const uint16_t *)base + off + lane * DPL;
-            uint32_t w[DPL / 2];
-            if constexpr (DPL == 2) {
-                w[0] = *(const uint32_t *)p;
-            } else if constexpr (DPL == 4) {
-                uint2 u = *(const uint2 *)p;
-                w[0] = u.x;
-                w[1] = u.y;
-            } else {
-                static_assert(DPL == 8, "DPL is 2, 4 or 8");
-                uint4 u = *(const uint4 *)p;
-                w[0] = u.x, w[1] = u.y, w[2] = u.z, w[3] = u.w;
-            }
-#pragma unroll
-            for (int i = 0; i < DPL / 2; i++) {
-                r[2 * i] = __uint_as_float(w[i] << 16);
-                r[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-            }
-        } else {
-            const float *p = (const float *)base + off + lane * DPL;
-            if constexpr (DPL == 2) {
-                float2 u = *(const float2 *)p;
-                r[0] = u.x;
-                r[1] = u.y;
-            } else {
-#pragma unroll
-                for (int i = 0; i < DPL / 4; i++) {
-                    float4 u = ((const float4 *)p)[i];
-                    r[4 * i] = u.x, r[4 * i + 1] = u.y, r[4 * i + 2] = u.z, r[4 * i + 3] = u.w;
-                }
-            }
+static __device__ __forceinline__ uint32_t sp_smem(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+/* 16 (4) bytes global → shared, or zeros when !pred (src not read). */
+static __device__ __forceinline__ void sp_cp16(void *dst, const void *src, bool pred) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sp_smem(dst)), "l"(src),
+                 "r"(pred ? 16 : 0));
+}
+static __device__ __forceinline__ void sp_cp4(void *dst, const void *src, bool pred) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(sp_smem(dst)), "l"(src),
+                 "r"(pred ? 4 : 0));
+}
+static __device__ __forceinline__ void sp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+static __device__ __forceinline__ void sp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* The warp copies 32 rows of a cache into shared memory: row r (r < nk) from
+ * element first + r·stride, its D elements then zeros up to `elems`; rows
+ * r >= nk all zeros (so that p = 0 never meets a NaN). vec: 16-byte aligned
+ * rows of whole chunks, copied by cp.async; else element by element. */
+static __device__ __forceinline__ void stage_rows(unsigned char *dst, int pitch, const void *base,
+                                                  bool bf16, bool vec, int64_t first, int64_t stride,
+                                                  int nk, int D, int elems) {
+    const int lane = threadIdx.x & 31, esz = bf16 ? 2 : 4;
+    if (vec) {
+        const int chunks = elems * esz / 16, real = D * esz / 16;
+        const unsigned char *src0 = (const unsigned char *)base + first * esz;
+        const int dr = 32 / chunks, dc = 32 % chunks;
+        int r = lane / chunks, c = lane % chunks; /* chunk (r, c) of the tile, lane + 32·i */
+        for (int i = lane; i < 32 * chunks; i += 32) {
+            const bool ok = r < nk && c < real;
+            sp_cp16(dst + r * pitch + 16 * c, ok ? src0 + ((int64_t)r * stride * esz + 16 * c) : src0, ok);
+            r += dr;
+            c += dc;
+            if (c >= chunks) c -= chunks, r++;
         }
         return;
     }
+    for (int i = lane; i < 32 * elems; i += 32) {
+        const int r = i / elems, e = i % elems;
+        const bool ok = r < nk && e < D;
+        const int64_t at = first + (int64_t)r * stride + e;
+        if (bf16)
+            *(uint16_t *)(dst + r * pitch + 2 * e) = ok ? ((const uint16_t *)base)[at] : (uint16_t)0;
+        else
+            *(uint32_t *)(dst + r * pitch + 4 * e) = ok ? ((const uint32_t *)base)[at] : 0u;
+    }
+}
+
+/* acc[g] = q[g] · this lane's K row (`chunks` 16-byte chunks in shared memory);
+ * q[g] at q + g·qstride. */
+template <bool KB16>
+static __device__ __forceinline__ void dot_row(const unsigned char *row, const float *q, int qstride,
+                                               int chunks, float (&acc)[SP_GB]) {
+    constexpr int E = KB16 ? 8 : 4; /* elements per chunk */
+    float a0[SP_GB], a1[SP_GB];     /* two chains per head */
 #pragma unroll
-    for (int i = 0; i < DPL; i++) {
-        const int d = lane * DPL + i;
-        r[i] = valid && d < D ? load_act(base, off + d, bf16) : 0.0f;
+    for (int g = 0; g < SP_GB; g++) a0[g] = a1[g] = 0.0f;
+#pragma unroll 2
+    for (int c = 0; c < chunks; c++) {
+        const uint4 u = *(const uint4 *)(row + 16 * c);
+        float kf[E];
+        if constexpr (KB16) {
+            const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                kf[2 * i] = __uint_as_float(w[i] << 16);
+                kf[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+            }
+        } else {
+            kf[0] = __uint_as_float(u.x), kf[1] = __uint_as_float(u.y);
+            kf[2] = __uint_as_float(u.z), kf[3] = __uint_as_float(u.w);
+        }
+#pragma unroll
+        for (int g = 0; g < SP_GB; g++) {
+            const float4 *qp = (const float4 *)(q + g * qstride + c * E); /* the same in every lane */
+#pragma unroll
+            for (int i = 0; i < E / 4; i++) {
+                const float4 qq = qp[i];
+                a0[g] = fmaf(qq.x, kf[4 * i], a0[g]);
+                a1[g] = fmaf(qq.y, kf[4 * i + 1], a1[g]);
+                a0[g] = fmaf(qq.z, kf[4 * i + 2], a0[g]);
+                a1[g] = fmaf(qq.w, kf[4 * i + 3], a1[g]);
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < SP_GB; g++) acc[g] = a0[g] + a1[g];
+}
+
+/* o[g] += Σ_r p[r][g] · V row r, over the tile's 32 rows (zeros past the valid
+ * keys); this lane's elements [lane·DPL, lane·DPL + DPL), when `has`. */
+template <int DPL, bool VB16>
+static __device__ __forceinline__ void pv_tile(const unsigned char *vt, int pitch, bool has,
+                                               const float4 *p, float (&o)[SP_GB][DPL]) {
+    const int lane = threadIdx.x & 31;
+    const unsigned char *base = vt + lane * DPL * (VB16 ? 2 : 4);
+#pragma unroll 8
+    for (int r = 0; r < SP_KT; r++) {
+        const float4 pr = p[r];
+        float v[DPL];
+#pragma unroll
+        for (int i = 0; i < DPL; i++) v[i] = 0.0f;
+        if (has) {
+            const unsigned char *src = base + r * pitch;
+            if constexpr (VB16) {
+                uint32_t w[DPL / 2];
+                if constexpr (DPL == 2) {
+                    w[0] = *(const uint32_t *)src;
+                } else if constexpr (DPL == 4) {
+                    const uint2 u = *(const uint2 *)src;
+                    w[0] = u.x, w[1] = u.y;
+                } else {
+                    static_assert(DPL == 8, "DPL is 2, 4 or 8");
+                    const uint4 u = *(const uint4 *)src;
+                    w[0] = u.x, w[1] = u.y, w[2] = u.z, w[3] = u.w;
+                }
+#pragma unroll
+                for (int i = 0; i < DPL / 2; i++) {
+                    v[2 * i] = __uint_as_float(w[i] << 16);
+                    v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+                }
+            } else if constexpr (DPL == 2) {
+                const float2 u = *(const float2 *)src;
+                v[0] = u.x, v[1] = u.y;
+            } else {
+#pragma unroll
+                for (int i = 0; i < DPL / 4; i++) {
+                    const float4 u = ((const float4 *)src)[i];
+                    v[4 * i] = u.x, v[4 * i + 1] = u.y, v[4 * i + 2] = u.z, v[4 * i + 3] = u.w;
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < DPL; i++) {
+            o[0][i] = fmaf(pr.x, v[i], o[0][i]);
+            o[1][i] = fmaf(pr.y, v[i], o[1][i]);
+            o[2][i] = fmaf(pr.z, v[i], o[2][i]);
+            o[3][i] = fmaf(pr.w, v[i], o[3][i]);
+        }
     }
 }
 
@@ -106,38 +225,78 @@ static __device__ __forceinline__ float weight_of(float m, float M) {
 template <int DPL, int MODE>
 static __global__ void __launch_bounds__(SP_THREADS) attn_split_kernel(split_args a) {
     pio_wait_prior();
+    extern __shared__ __align__(16) unsigned char sp_dyn[]; /* q, the warps' tiles; at the end, o */
+    __shared__ float4 sm_p[SP_WARPS][SP_KT]; /* a tile's probabilities, per key: the 4 heads */
     __shared__ float sm_m[SP_WARPS][SP_GB], sm_l[SP_WARPS][SP_GB];
-    __shared__ float sm_o[MODE == MODE_STATS ? 1 : SP_WARPS][SP_GB][32 * DPL];
+    constexpr bool HAS_V = MODE != MODE_STATS;
+    const bool use_k = MODE != MODE_ROUND || !a.sc, use_s = MODE == MODE_ROUND && a.sc;
     const int t = blockIdx.x, kvh = blockIdx.y / a.hb_count, hb = blockIdx.y % a.hb_count;
-    const int split = blockIdx.z, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int split = blockIdx.z, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     const int h0 = kvh * a.G + hb * SP_GB, nh = min(SP_GB, a.G - hb * SP_GB);
-    const int L = a.pos[t] + 1, chunk = (L + a.nsplit - 1) / a.nsplit;
+    /* Keys [js, je): the split's share of 0..pos[t], whole tiles of 32 but the last. */
+    const int L = a.pos[t] + 1;
+    const int chunk = ((L + a.nsplit - 1) / a.nsplit + SP_KT - 1) / SP_KT * SP_KT;
     const int js = min(L, split * chunk), je = min(L, js + chunk);
     const int64_t seq_row = (int64_t)a.seq[t] * a.ctx_len; /* key 0 of this sequence, in rows */
+    const int64_t krow = (int64_t)a.Hkv * a.Dk, vrow = (int64_t)a.Hkv * a.Dv;
+    const int64_t row0 = (int64_t)t * a.H + h0; /* (token, head h0) */
+    const int k_elems = a.k_chunks * (a.k_bf16 ? 8 : 4);
 
-    float qv[SP_GB][DPL];
+    /* Warp w takes the tiles w, w + nw, ...: local tile i starts at key js + 32 (w + i nw). */
+    const int ntile = (je - js + SP_KT - 1) / SP_KT;
+    const int nloc = warp < ntile ? (ntile - warp + nw - 1) / nw : 0;
+    float *sm_q = (float *)sp_dyn; /* [SP_GB][k_elems] */
+    unsigned char *wtiles = sp_dyn + a.q_bytes + (size_t)warp * a.nst * a.stage_bytes;
+    auto issue = [&](int i) { /* tile i into stage i mod nst, as one cp.async group */
+        if (i < nloc) {
+            const int j0 = js + (warp + i * nw) * SP_KT, nk = min(SP_KT, je - j0);
+            unsigned char *st = wtiles + (i % a.nst) * a.stage_bytes;
+            if (use_k)
+                stage_rows(st + a.k_off, a.k_pitch, a.k, a.k_bf16, a.k_vec,
+                           (seq_row + j0) * krow + (int64_t)kvh * a.Dk, krow, nk, a.Dk, k_elems);
+            if (HAS_V)
+                stage_rows(st + a.v_off, a.v_chunks * 16, a.v, a.v_bf16, a.v_vec,
+                           (seq_row + j0) * vrow + (int64_t)kvh * a.Dv, vrow, nk, a.Dv, a.v_elems);
+            if (use_s)
 #pragma unroll
-    for (int g = 0; g < SP_GB; g++)
-        load_lane<DPL>(a.q.p, a.q.at(t) + (int64_t)(h0 + g) * a.Dk, a.q.bf16, false, a.Dk, g < nh,
-                       qv[g]);
+                for (int g = 0; g < SP_GB; g++) {
+                    const bool ok = g < nh && lane < nk;
+                    sp_cp4(st + a.s_off + (g * SP_KT + lane) * 4,
+                           ok ? a.sc + (row0 + g) * a.ctx_len + j0 + lane : a.sc, ok);
+                }
+        }
+        sp_commit();
+    };
+    for (int i = 0; i < a.nst - 1; i++) issue(i);
 
-    /* ROUND: the row's final max and 1/sum from pass 1's splits. */
-    float Mg[SP_GB], invL[SP_GB];
-    if (MODE == MODE_ROUND) {
-#pragma unroll
-        for (int g = 0; g < SP_GB; g++) {
-            Mg[g] = 0.0f;
-            invL[g] = 0.0f;
-            if (g >= nh) continue;
-            const float *ml = a.part_ml + ((int64_t)t * a.H + h0 + g) * a.nsplit * 2;
-            float M = -INFINITY, Ls = 0.0f;
-            for (int s = 0; s < a.nsplit; s++) M = fmaxf(M, ml[2 * s]);
-            for (int s = 0; s < a.nsplit; s++) Ls += ml[2 * s + 1] * weight_of(ml[2 * s], M);
-            Mg[g] = M;
-            invL[g] = 1.0f / Ls;
+    if (use_k) { /* q of the block's heads, zeros past Dk and for heads past nh */
+        for (int i = threadIdx.x; i < SP_GB * k_elems; i += blockDim.x) {
+            const int g = i / k_elems, d = i % k_elems;
+            sm_q[i] = g < nh && d < a.Dk
+                             ? load_act(a.q.p, a.q.at(t) + (int64_t)(h0 + g) * a.Dk + d, a.q.bf16)
+                             : 0.0f;
         }
     }
 
+    /* ROUND: the row's final max and 1/sum from pass 1's splits (each warp its own copy). */
+    float Mg[SP_GB], invL[SP_GB];
+#pragma unroll
+    for (int g = 0; g < SP_GB; g++) {
+        Mg[g] = 0.0f;
+        invL[g] = 0.0f;
+        if (MODE != MODE_ROUND || g >= nh) continue;
+        const float *ml = a.part_ml + (row0 + g) * a.nsplit * 2;
+        float M = -INFINITY, Ls = 0.0f;
+        for (int s = lane; s < a.nsplit; s += 32) M = fmaxf(M, ml[2 * s]);
+        M = warp_max(M);
+        for (int s = lane; s < a.nsplit; s += 32) Ls += ml[2 * s + 1] * weight_of(ml[2 * s], M);
+        Ls = warp_sum(Ls);
+        Mg[g] = M;
+        invL[g] = 1.0f / Ls;
+    }
+    __syncthreads(); /* sm_q */
+
+    /* m: the warp's running max (the same in every lane); l: this lane's share of the sum. */
     float m[SP_GB], l[SP_GB], o[SP_GB][DPL];
 #pragma unroll
     for (int g = 0; g < SP_GB; g++) {
@@ -146,102 +305,102 @@ static __global__ void __launch_bounds__(SP_THREADS) attn_split_kernel(split_arg
 #pragma unroll
         for (int i = 0; i < DPL; i++) o[g][i] = 0.0f;
     }
+    const bool has_v = lane * DPL < a.v_elems;
+    for (int i = 0; i < nloc; i++) {
+        issue(i + a.nst - 1);
+        if (a.nst > 1)
+            sp_wait<1>(); /* all but the group just issued: tile i is in */
+        else
+            sp_wait<0>();
+        __syncwarp();
+        const unsigned char *st = wtiles + (i % a.nst) * a.stage_bytes;
+        const int j0 = js + (warp + i * nw) * SP_KT, nk = min(SP_KT, je - j0);
+        const bool valid = lane < nk; /* this lane's key j0 + lane */
+        float s[SP_GB];
+        if (use_k) {
+            float acc[SP_GB];
+            const unsigned char *row = st + a.k_off + lane * a.k_pitch;
+            if (a.k_bf16)
+                dot_row<true>(row, sm_q, k_elems, a.k_chunks, acc);
+            else
+                dot_row<false>(row, sm_q, k_elems, a.k_chunks, acc);
+#pragma unroll
+            for (int g = 0; g < SP_GB; g++)
+                s[g] = a.rnd ? round_bf16(round_bf16(acc[g]) * a.scale) : acc[g] * a.scale;
+        } else {
+#pragma unroll
+            for (int g = 0; g < SP_GB; g++) s[g] = ((const float *)(st + a.s_off))[g * SP_KT + lane];
+        }
+#pragma unroll
+        for (int g = 0; g < SP_GB; g++) s[g] = valid ? s[g] : -INFINITY;
 
-    const int64_t krow = (int64_t)a.Hkv * a.Dk, vrow = (int64_t)a.Hkv * a.Dv;
-    for (int j0 = js + warp * SP_KT; j0 < je; j0 += SP_WARPS * SP_KT) {
-        float kr[SP_KT][DPL];
-#pragma unroll
-        for (int kt = 0; kt < SP_KT; kt++)
-            load_lane<DPL>(a.k, (seq_row + j0 + kt) * krow + (int64_t)kvh * a.Dk, a.k_bf16, a.k_vec,
-                           a.Dk, j0 + kt < je, kr[kt]);
-        float s[SP_KT][SP_GB];
-#pragma unroll
-        for (int kt = 0; kt < SP_KT; kt++)
-#pragma unroll
-            for (int g = 0; g < SP_GB; g++) {
-                float d = 0.0f;
-#pragma unroll
-                for (int i = 0; i < DPL; i++) d = fmaf(qv[g][i], kr[kt][i], d);
-                d = warp_sum(d);
-                d = a.rnd ? round_bf16(round_bf16(d) * a.scale) : d * a.scale;
-                s[kt][g] = j0 + kt < je ? d : -INFINITY;
-            }
         if constexpr (MODE == MODE_STATS) {
 #pragma unroll
             for (int g = 0; g < SP_GB; g++) {
-                float tmax = s[0][g]; /* key j0 is always valid */
-#pragma unroll
-                for (int kt = 1; kt < SP_KT; kt++) tmax = fmaxf(tmax, s[kt][g]);
-                const float mn = fmaxf(m[g], tmax);
-                float sum = 0.0f;
-#pragma unroll
-                for (int kt = 0; kt < SP_KT; kt++) sum += expf(s[kt][g] - mn);
-                l[g] = l[g] * weight_of(m[g], mn) + sum;
+                if (g >= nh) continue;
+                if (a.sc && valid) a.sc[(row0 + g) * a.ctx_len + j0 + lane] = s[g];
+                const float mn = fmaxf(m[g], warp_max(s[g])); /* key j0 is valid: finite */
+                l[g] = l[g] * weight_of(m[g], mn) + (valid ? expf(s[g] - mn) : 0.0f);
                 m[g] = mn;
             }
         } else {
-            float vr[SP_KT][DPL];
-#pragma unroll
-            for (int kt = 0; kt < SP_KT; kt++)
-                load_lane<DPL>(a.v, (seq_row + j0 + kt) * vrow + (int64_t)kvh * a.Dv, a.v_bf16, a.v_vec,
-                               a.Dv, j0 + kt < je, vr[kt]);
+            float p[SP_GB];
 #pragma unroll
             for (int g = 0; g < SP_GB; g++) {
-                float p[SP_KT];
+                p[g] = 0.0f;
+                if (g >= nh) continue;
                 if constexpr (MODE == MODE_FLASH) {
-                    float tmax = s[0][g];
-#pragma unroll
-                    for (int kt = 1; kt < SP_KT; kt++) tmax = fmaxf(tmax, s[kt][g]);
-                    const float mn = fmaxf(m[g], tmax), corr = weight_of(m[g], mn);
-                    float sum = 0.0f;
-#pragma unroll
-                    for (int kt = 0; kt < SP_KT; kt++) sum += (p[kt] = expf(s[kt][g] - mn));
-                    l[g] = l[g] * corr + sum;
+                    const float mn = fmaxf(m[g], warp_max(s[g])), corr = weight_of(m[g], mn);
+                    p[g] = valid ? expf(s[g] - mn) : 0.0f;
+                    l[g] = l[g] * corr + p[g];
                     m[g] = mn;
 #pragma unroll
-                    for (int i = 0; i < DPL; i++) o[g][i] *= corr;
+                    for (int d = 0; d < DPL; d++) o[g][d] *= corr;
                 } else {
-#pragma unroll
-                    for (int kt = 0; kt < SP_KT; kt++)
-                        p[kt] = s[kt][g] == -INFINITY ? 0.0f
-                                                      : round_bf16(expf(s[kt][g] - Mg[g]) * invL[g]);
+                    p[g] = s[g] == -INFINITY ? 0.0f : round_bf16(expf(s[g] - Mg[g]) * invL[g]);
                 }
-#pragma unroll
-                for (int kt = 0; kt < SP_KT; kt++)
-#pragma unroll
-                    for (int i = 0; i < DPL; i++) o[g][i] = fmaf(p[kt], vr[kt][i], o[g][i]);
             }
+            sm_p[warp][lane] = make_float4(p[0], p[1], p[2], p[3]);
+            __syncwarp();
+            if (a.v_bf16)
+                pv_tile<DPL, true>(st + a.v_off, a.v_chunks * 16, has_v, sm_p[warp], o);
+            else
+                pv_tile<DPL, false>(st + a.v_off, a.v_chunks * 16, has_v, sm_p[warp], o);
         }
+        __syncwarp(); /* the stage and sm_p are free again */
     }
+    sp_wait<0>();
 
-    /* Combine the 4 warps' partial results. */
-    if (lane == 0)
+    /* Combine the warps' partial results (o in the dynamic shared memory, now free). */
+    __syncthreads();
+    float *sm_o = (float *)sp_dyn; /* [nw][SP_GB][32 * DPL] */
 #pragma unroll
-        for (int g = 0; g < SP_GB; g++) sm_m[warp][g] = m[g], sm_l[warp][g] = l[g];
-    if (MODE != MODE_STATS)
+    for (int g = 0; g < SP_GB; g++) {
+        const float lw = MODE == MODE_ROUND ? 0.0f : warp_sum(l[g]);
+        if (lane == 0) sm_m[warp][g] = m[g], sm_l[warp][g] = lw;
+        if (HAS_V)
 #pragma unroll
-        for (int g = 0; g < SP_GB; g++)
-#pragma unroll
-            for (int i = 0; i < DPL; i++) sm_o[MODE == MODE_STATS ? 0 : warp][g][lane * DPL + i] = o[g][i];
+            for (int d = 0; d < DPL; d++) sm_o[(warp * SP_GB + g) * 32 * DPL + lane * DPL + d] = o[g][d];
+    }
     __syncthreads();
 
     const bool direct = a.nsplit == 1 && MODE != MODE_STATS;
-    for (int idx = threadIdx.x; idx < nh * (MODE == MODE_STATS ? 1 : a.Dv); idx += SP_THREADS) {
+    for (int idx = threadIdx.x; idx < nh * (MODE == MODE_STATS ? 1 : a.Dv); idx += blockDim.x) {
         const int g = MODE == MODE_STATS ? idx : idx / a.Dv, d = MODE == MODE_STATS ? 0 : idx % a.Dv;
         float Mb = -INFINITY, Lb = 0.0f, ob = 0.0f;
-        for (int w = 0; w < SP_WARPS; w++) Mb = fmaxf(Mb, sm_m[w][g]);
-        for (int w = 0; w < SP_WARPS; w++) {
+        for (int w = 0; w < nw; w++) Mb = fmaxf(Mb, sm_m[w][g]);
+        for (int w = 0; w < nw; w++) {
             const float f = MODE == MODE_ROUND ? 1.0f : weight_of(sm_m[w][g], Mb);
             Lb += sm_l[w][g] * f;
-            if (MODE != MODE_STATS) ob += sm_o[MODE == MODE_STATS ? 0 : w][g][d] * f;
+            if (HAS_V) ob += sm_o[(w * SP_GB + g) * 32 * DPL + d] * f;
         }
-        const int64_t row = (int64_t)t * a.H + h0 + g; /* (token, head) */
+        const int64_t row = row0 + g; /* (token, head) */
         if (direct) {
             const float v = MODE == MODE_FLASH ? ob * (1.0f / Lb) : ob;
             store_act(a.out.p, a.out.at(t) + (int64_t)(h0 + g) * a.Dv + d, a.out.bf16, v);
             continue;
         }
-        if (MODE != MODE_STATS) a.part_o[(row * a.nsplit + split) * a.Dv + d] = ob;
+        if (HAS_V) a.part_o[(row * a.nsplit + split) * a.Dv + d] = ob;
         if (MODE != MODE_ROUND && d == 0) {
             a.part_ml[(row * a.nsplit + split) * 2] = Mb;
             a.part_ml[(row * a.nsplit + split) * 2 + 1] = Lb;
@@ -250,44 +409,104 @@ static __global__ void __launch_bounds__(SP_THREADS) attn_split_kernel(split_arg
 }
 
 /* Block (token, head): combines the splits. FLASH: Σ_s o_s e^(m_s − M) / Σ_s l_s e^(m_s − M);
- * ROUND: Σ_s o_s (the probabilities were already final). */
+ * ROUND: Σ_s o_s (the probabilities were already final). RD_PARTS groups of
+ * threads each add every RD_PARTS-th split of an element (many loads in
+ * flight), the weights e^(m_s − M) computed once per split, RD_CHUNK at a time. */
+enum { RD_PARTS = 4, RD_CHUNK = 256 };
 static __global__ void attn_reduce_kernel(split_args a, bool round_mode) {
     pio_wait_prior();
+    __shared__ float sw[RD_CHUNK];
+    __shared__ float part[RD_PARTS][256];
     const int64_t row = blockIdx.x; /* t * H + h */
     const int64_t t = row / a.H, h = row % a.H;
     const float *ml = a.part_ml + row * a.nsplit * 2;
-    float M = -INFINITY, Ls = 0.0f;
+    const float *po = a.part_o + row * a.nsplit * a.Dv;
+    const int lane = threadIdx.x & 31;
+    float M = -INFINITY, Ls = 0.0f; /* every warp the same */
     if (!round_mode) {
-        for (int s = 0; s < a.nsplit; s++) M = fmaxf(M, ml[2 * s]);
-        for (int s = 0; s < a.nsplit; s++) Ls += ml[2 * s + 1] * weight_of(ml[2 * s], M);
+        for (int s = lane; s < a.nsplit; s += 32) M = fmaxf(M, ml[2 * s]);
+        M = warp_max(M);
+        for (int s = lane; s < a.nsplit; s += 32) Ls += ml[2 * s + 1] * weight_of(ml[2 * s], M);
+        Ls = warp_sum(Ls);
     }
-    const float inv = round_mode ? 1.0f : 1.0f / Ls;
-    for (int d = threadIdx.x; d < a.Dv; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int s = 0; s < a.nsplit; s++)
-            acc += a.part_o[(row * a.nsplit + s) * a.Dv + d] * (round_mode ? 1.0f : weight_of(ml[2 * s], M));
-        store_act(a.out.p, a.out.at(t) + h * a.Dv + d, a.out.bf16, acc * inv);
+    const int dr = (a.Dv + 31) / 32 * 32; /* blockDim.x = RD_PARTS · dr */
+    const int d = threadIdx.x % dr, pi = threadIdx.x / dr;
+    float acc = 0.0f;
+    for (int s0 = 0; s0 < a.nsplit; s0 += RD_CHUNK) {
+        const int ns = min((int)RD_CHUNK, a.nsplit - s0);
+        __syncthreads();
+        for (int i = threadIdx.x; i < ns; i += blockDim.x)
+            sw[i] = round_mode ? 1.0f : weight_of(ml[2 * (s0 + i)], M);
+        __syncthreads();
+        if (d < a.Dv)
+#pragma unroll 8
+            for (int i = pi; i < ns; i += RD_PARTS) acc += po[(int64_t)(s0 + i) * a.Dv + d] * sw[i];
+    }
+    part[pi][d] = acc;
+    __syncthreads();
+    if (pi == 0 && d < a.Dv) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int p = 0; p < RD_PARTS; p++) sum += part[p][d];
+        store_act(a.out.p, a.out.at(t) + h * a.Dv + d, a.out.bf16, round_mode ? sum : sum * (1.0f / Ls));
     }
 }
 
+typedef void (*split_kernel_fn)(split_args);
+
+/* Whether a split kernel (DPL 2/4/8 × mode) may use more than 48 KiB of
+ * dynamic shared memory on a device: raised once, not at every launch. */
+enum { SP_DEVICES = 16 };
+static std::atomic<bool> sp_smem_raised[3][3][SP_DEVICES];
+
 template <int DPL>
-static void launch_split(const pio_cuda_ctx *ctx, const split_args &a, dim3 grid, int mode) {
+static split_kernel_fn split_kernel(int mode) {
     switch (mode) {
-    case MODE_FLASH: pio_launch(ctx, attn_split_kernel<DPL, MODE_FLASH>, grid, SP_THREADS, 0, a); break;
-    case MODE_STATS: pio_launch(ctx, attn_split_kernel<DPL, MODE_STATS>, grid, SP_THREADS, 0, a); break;
-    default: pio_launch(ctx, attn_split_kernel<DPL, MODE_ROUND>, grid, SP_THREADS, 0, a); break;
+    case MODE_FLASH: return attn_split_kernel<DPL, MODE_FLASH>;
+    case MODE_STATS: return attn_split_kernel<DPL, MODE_STATS>;
+    default: return attn_split_kernel<DPL, MODE_ROUND>;
     }
 }
 
 static bool aligned(const void *p, size_t n) { return ((uintptr_t)p % n) == 0; }
 
+/* The tiles' layout for `mode` (split_args' last fields), the warps per block
+ * and the dynamic shared memory in bytes. Two stages (the next tile copied
+ * while this one is used) where four warps of them fit the budget, else one;
+ * fewer warps only for rows too large for four. */
+static size_t plan_tiles(split_args &a, int mode, int dpl, int *warps) {
+    const bool use_k = mode != MODE_ROUND || !a.sc, use_v = mode != MODE_STATS;
+    const bool use_s = mode == MODE_ROUND && a.sc;
+    const int epk = a.k_bf16 ? 8 : 4, epv = a.v_bf16 ? 8 : 4; /* elements per 16 bytes */
+    a.k_chunks = (a.Dk + epk - 1) / epk;
+    a.k_pitch = (a.k_chunks | 1) * 16; /* odd: lane r's row read by chunks is free of bank conflicts */
+    a.q_bytes = use_k ? SP_GB * a.k_chunks * epk * (int)sizeof(float) : 0;
+    const int va = std::max(epv, dpl);
+    a.v_elems = (a.Dv + va - 1) / va * va;
+    a.v_chunks = a.v_elems / epv;
+    int off = 0;
+    a.k_off = off;
+    if (use_k) off += SP_KT * a.k_pitch;
+    a.v_off = off;
+    if (use_v) off += SP_KT * a.v_chunks * 16;
+    a.s_off = off;
+    if (use_s) off += SP_GB * SP_KT * (int)sizeof(float);
+    a.stage_bytes = off;
+    a.nst = (size_t)SP_WARPS * 2 * off <= SP_TILE_BUDGET ? 2 : 1;
+    const size_t per_warp = (size_t)a.nst * off;
+    const int nw = (int)std::min<size_t>(SP_WARPS, std::max<size_t>(1, SP_TILE_BUDGET / per_warp));
+    *warps = nw;
+    size_t bytes = a.q_bytes + nw * per_warp;
+    if (use_v) bytes = std::max(bytes, (size_t)nw * SP_GB * 32 * dpl * sizeof(float));
+    return bytes;
+}
+
 static pio_status run_split(pio_cuda_ctx *ctx, split_args a, int64_t n, int64_t ctx_len,
                             bool round_bf16, pio_error *err) {
-    const int D = std::max(a.Dk, a.Dv);
-    const int dpl = D <= 64 ? 2 : D <= 128 ? 4 : 8;
+    const int dpl = a.Dv <= 64 ? 2 : a.Dv <= 128 ? 4 : 8; /* V elements per lane */
     a.hb_count = (a.G + SP_GB - 1) / SP_GB;
-    a.k_vec = a.Dk == 32 * dpl && aligned(a.k, 16);
-    a.v_vec = a.Dv == 32 * dpl && aligned(a.v, 16);
+    a.k_vec = a.Dk % (a.k_bf16 ? 8 : 4) == 0 && aligned(a.k, 16);
+    a.v_vec = a.Dv % (a.v_bf16 ? 8 : 4) == 0 && aligned(a.v, 16);
     if ((int64_t)a.Hkv * a.hb_count > 65535)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED, "attention: too many kv heads (%d)", a.Hkv);
     /* Splits: enough blocks for about two waves, each split >= 64 keys. */
@@ -300,36 +519,64 @@ static pio_status run_split(pio_cuda_ctx *ctx, split_args a, int64_t n, int64_t 
         if (nsplit < 1) nsplit = 1;
     }
     a.nsplit = nsplit;
-    /* Scratch: per (token, head, split) the max and sum (FLASH, STATS), and
-     * the partial output (when the splits must be combined). */
+    /* Scratch: per (token, head, split) the max and sum (FLASH, STATS), the
+     * partial output (when the splits must be combined), and in bf16 mode
+     * pass 1's scores for pass 2 (per (token, head) the whole context, so the
+     * size does not depend on the positions; beyond 256 MiB pass 2 computes
+     * them again). */
     const size_t ml_floats = (size_t)n * a.H * nsplit * 2;
     const size_t o_floats = nsplit > 1 ? (size_t)n * a.H * nsplit * a.Dv : 0;
+    size_t sc_floats = round_bf16 ? (size_t)n * a.H * (size_t)ctx_len : 0;
+    if (sc_floats * sizeof(float) > ((size_t)256 << 20)) sc_floats = 0;
     if (nsplit > 1 || round_bf16) {
-        float *ws = (float *)pio_cuda_workspace(ctx, (ml_floats + o_floats) * sizeof(float), err);
+        float *ws = (float *)pio_cuda_workspace(ctx, (ml_floats + o_floats + sc_floats) * sizeof(float), err);
         if (!ws) return err ? err->status : PIO_ERR_OOM;
         a.part_ml = ws;
         a.part_o = nsplit > 1 ? ws + ml_floats : NULL;
+        a.sc = sc_floats ? ws + ml_floats + o_floats : NULL;
     }
     const dim3 grid((unsigned)n, (unsigned)(a.Hkv * a.hb_count), (unsigned)nsplit);
-    auto launch = [&](int mode) {
-        if (dpl == 2)
-            launch_split<2>(ctx, a, grid, mode);
-        else if (dpl == 4)
-            launch_split<4>(ctx, a, grid, mode);
-        else
-            launch_split<8>(ctx, a, grid, mode);
+    auto launch = [&](int mode, const char *what) -> pio_status {
+        split_args b = a;
+        int nw = SP_WARPS;
+        const size_t smem = plan_tiles(b, mode, dpl, &nw);
+        if (smem + 8192 > ctx->info.smem_optin) /* 8 KiB: the static arrays, with room */
+            return pio_error_set(err, PIO_ERR_UNSUPPORTED,
+                                 "attention: %zu bytes of shared memory per block, the device has %zu",
+                                 smem, ctx->info.smem_optin);
+        const split_kernel_fn k = dpl == 2 ? split_kernel<2>(mode) : dpl == 4 ? split_kernel<4>(mode)
+                                                                              : split_kernel<8>(mode);
+        /* Above 48 KiB a kernel must be allowed more (all the device has: the
+         * limit costs nothing); not while capturing, where the uncaptured run
+         * before the capture has done it. */
+        if (smem > 48 * 1024) {
+            std::atomic<bool> *raised = ctx->device >= 0 && ctx->device < SP_DEVICES
+                                            ? &sp_smem_raised[dpl / 4][mode][ctx->device]
+                                            : NULL;
+            if (!raised || !raised->load()) {
+                if (ctx->capturing)
+                    return pio_error_set(err, PIO_ERR_INVALID,
+                                         "attention: run the step once before capturing it "
+                                         "(the kernel's shared-memory limit)");
+                CU_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)(ctx->info.smem_optin - 8192)),
+                       "attention (shared memory limit)");
+                if (raised) raised->store(true);
+            }
+        }
+        pio_launch(ctx, k, grid, dim3((unsigned)(32 * nw)), smem, b);
+        return pio_cuda_launched(err, what);
     };
     pio_status st;
-    if (round_bf16) { /* pass 1 (max and sum per split), then pass 2 with the final ones */
-        launch(MODE_STATS);
-        if ((st = pio_cuda_launched(err, "attention (stats)"))) return st;
-        launch(MODE_ROUND);
+    if (round_bf16) { /* pass 1 (max and sum per split, the scores), then pass 2 with the final ones */
+        if ((st = launch(MODE_STATS, "attention (stats)"))) return st;
+        if ((st = launch(MODE_ROUND, "attention (split)"))) return st;
     } else {
-        launch(MODE_FLASH);
+        if ((st = launch(MODE_FLASH, "attention (split)"))) return st;
     }
-    if ((st = pio_cuda_launched(err, "attention (split)"))) return st;
     if (nsplit > 1) {
-        pio_launch(ctx, attn_reduce_kernel, dim3((unsigned)(n * a.H)), dim3(128), 0, a, round_bf16);
+        pio_launch(ctx, attn_reduce_kernel, dim3((unsigned)(n * a.H)),
+                   dim3((unsigned)(RD_PARTS * ((a.Dv + 31) / 32 * 32))), 0, a, round_bf16);
         if ((st = pio_cuda_launched(err, "attention (reduce)"))) return st;
     }
     return PIO_OK;

@@ -587,6 +587,14 @@ static void case_decode(attn_case *c, int ctxlen) {
     memcpy(c->seq, s, sizeof s);
     memcpy(c->pos, p, sizeof p);
 }
+/* short: contexts under one tile of 32 keys and at a tile's edges */
+static void case_short(attn_case *c) {
+    c->name = "short";
+    c->n = 6;
+    int32_t s[] = {0, 1, 2, 0, 1, 2}, p[] = {0, 5, 31, 32, 33, 64};
+    memcpy(c->seq, s, sizeof s);
+    memcpy(c->pos, p, sizeof p);
+}
 /* prompt: 150 consecutive positions of sequence 1, then a chunk of sequence 0
  * starting at position 40 (its first 40 keys came from an earlier chunk) */
 static void case_prompt(attn_case *c) {
@@ -596,21 +604,22 @@ static void case_prompt(attn_case *c) {
     for (int t = 40; t < 97; t++) c->seq[c->n] = 0, c->pos[c->n++] = t;
 }
 
-static void check_attention(const attn_case *c, int64_t Hq, int64_t Hkv, int64_t D, int ctxlen,
-                            pio_dtype cd, bool rnd, pio_cuda_attn_path path, int splits,
-                            bool bf16_q) {
+/* Dk: q and K head size; Dv: V and out head size. */
+static void check_attention_kv(const attn_case *c, int64_t Hq, int64_t Hkv, int64_t D, int64_t Dv,
+                               int ctxlen, pio_dtype cd, bool rnd, pio_cuda_attn_path path,
+                               int splits, bool bf16_q) {
     const int64_t slots = 3, n = c->n;
     const float scale = 1.0f / sqrtf((float)D);
     bool q_bf16 = rnd || bf16_q;
     pio_tensor *qh = HR(2.0f, q_bf16, n, Hq, D);
     pio_tensor *kh = HR(2.0f, cd == PIO_BF16, slots, ctxlen, Hkv, D);
-    pio_tensor *vh = HR(1.0f, cd == PIO_BF16, slots, ctxlen, Hkv, D);
+    pio_tensor *vh = HR(1.0f, cd == PIO_BF16, slots, ctxlen, Hkv, Dv);
     pio_tensor *kc = pio_tensor_to(kh, cd, NULL), *vc = pio_tensor_to(vh, cd, NULL);
-    pio_tensor *want = H(n, Hq, D);
+    pio_tensor *want = H(n, Hq, Dv);
     pio_error err = {0};
     CHECK(pio_cpu_attention(pool, qh, kc, vc, c->seq, c->pos, scale, want, rnd, &err) == PIO_OK);
 
-    pio_tensor *q = dev(qh, PIO_F32), *k = dev(kh, cd), *v = dev(vh, cd), *o = DP(PIO_F32, n, Hq, D);
+    pio_tensor *q = dev(qh, PIO_F32), *k = dev(kh, cd), *v = dev(vh, cd), *o = DP(PIO_F32, n, Hq, Dv);
     pio_cuda_batch *b = batch_of((int32_t)n, NULL, c->seq, c->pos);
     pio_cuda_set_attn_path(ctx, path);
     pio_cuda_set_attn_splits(ctx, splits);
@@ -629,9 +638,10 @@ static void check_attention(const attn_case *c, int64_t Hq, int64_t Hkv, int64_t
     else
         compare(&t, got, want, 0, 2e-5, 0, 2e-5);
     CHECK_MSG(ok(&t, 0.05),
-              "attention %s H=%lld Hkv=%lld D=%lld ctx=%d cache %s round=%d path %d splits %d "
-              "bf16_q %d: %lld bad %lld off (worst %.3g)",
-              c->name, (long long)Hq, (long long)Hkv, (long long)D, ctxlen, dtn(cd), rnd, (int)path,
+              "attention %s H=%lld Hkv=%lld D=%lld Dv=%lld ctx=%d cache %s round=%d path %d "
+              "splits %d bf16_q %d: %lld bad %lld off (worst %.3g)",
+              c->name, (long long)Hq, (long long)Hkv, (long long)D, (long long)Dv, ctxlen, dtn(cd),
+              rnd, (int)path,
               splits, bf16_q, (long long)t.bad, (long long)t.off, t.worst);
     pio_cuda_batch_free(ctx, b);
     pio_tensor *hs[] = {qh, kh, vh, kc, vc, want, got};
@@ -642,8 +652,14 @@ static void check_attention(const attn_case *c, int64_t Hq, int64_t Hkv, int64_t
     dfree(o);
 }
 
+static void check_attention(const attn_case *c, int64_t Hq, int64_t Hkv, int64_t D, int ctxlen,
+                            pio_dtype cd, bool rnd, pio_cuda_attn_path path, int splits,
+                            bool bf16_q) {
+    check_attention_kv(c, Hq, Hkv, D, D, ctxlen, cd, rnd, path, splits, bf16_q);
+}
+
 static void test_attention(void) {
-    attn_case dec, pr;
+    attn_case dec, pr, sh;
     for (int ctxlen = 300; ctxlen <= (quick ? 300 : 4096); ctxlen *= 13) { /* 300, 3900 */
         case_decode(&dec, ctxlen);
         for (int rnd = 0; rnd < 2; rnd++)
@@ -657,6 +673,24 @@ static void test_attention(void) {
                     check_attention(&dec, 16, 2, 256, ctxlen, c, rnd, PIO_CUDA_ATTN_SPLIT, splits[s], false);
                 }
     }
+    /* the split path's other shapes: one query head per kv head, Dk != Dv (V
+     * narrower or wider), rows that are not whole 16-byte chunks (copied
+     * element by element), contexts under one tile and at a tile's edges */
+    case_decode(&dec, 300);
+    case_short(&sh);
+    for (int rnd = 0; rnd < 2; rnd++)
+        for (int cd = 0; cd < 2; cd++)
+            for (int s = 0; s < 4; s++) {
+                static const int splits[] = {0, 1, 3, 64};
+                pio_dtype c = cd ? PIO_BF16 : PIO_F32;
+                const attn_case *cs[] = {&dec, &sh};
+                for (int ci = 0; ci < 2; ci++) {
+                    check_attention_kv(cs[ci], 4, 4, 64, 64, 300, c, rnd, PIO_CUDA_ATTN_SPLIT, splits[s], false);
+                    check_attention_kv(cs[ci], 8, 2, 192, 128, 300, c, rnd, PIO_CUDA_ATTN_SPLIT, splits[s], false);
+                    check_attention_kv(cs[ci], 6, 1, 96, 160, 300, c, rnd, PIO_CUDA_ATTN_SPLIT, splits[s], false);
+                    check_attention_kv(cs[ci], 4, 2, 34, 34, 300, c, rnd, PIO_CUDA_ATTN_SPLIT, splits[s], false);
+                }
+            }
     case_prompt(&pr);
     for (int rnd = 0; rnd < 2; rnd++)
         for (int cd = 0; cd < 2; cd++) {
