@@ -7,6 +7,13 @@
  * reads the same tensors). Anything else is "custom": one allocation holds
  * every layer's pool, and the forward pass goes through pio_kv_attend.
  *
+ * On CUDA the paged layout (in the model's dtype, full attention) is the one
+ * custom cache: the allocation is device memory, the bookkeeping here stays
+ * on the host (block ids are device-agnostic), the forward pass uploads the
+ * batch's block tables (models/model_cuda.c) and the kernels read through
+ * them; copies of pool rows (copy on write, swap, checkpoints) go through
+ * pio_kv_copy_rows, a memcpy on the CPU and a device copy on CUDA.
+ *
  * Paged pool bookkeeping: each block is referenced (ref > 0), cached (ref 0,
  * published in the prefix cache, on the LRU list, oldest first) or free (on
  * the free list). Taking a block takes a free one first, else evicts the
@@ -102,11 +109,22 @@ static pio_status normalize(const pio_model *m, const pio_kv_config *cfg, pio_kv
     if (c.prefix_cache && c.layout != PIO_KV_PAGED)
         return pio_error_set(err, PIO_ERR_INVALID,
                              "kv: prefix caching needs the paged layout (its unit is a block)");
-    if (!is_default(&c) && m->device != PIO_DEVICE_CPU)
-        return pio_error_set(err, PIO_ERR_UNSUPPORTED,
-                             "kv: the paged layout, int8 KV and sliding/sink attention run on "
-                             "the CPU only for now (the model is on '%s')",
-                             pio_device_name(m->device));
+    if (m->device != PIO_DEVICE_CPU) { /* the device runs the paged layout in its own dtype */
+        const char *dev = pio_device_name(m->device);
+        if (c.format == PIO_KV_INT8)
+            return pio_error_set(err, PIO_ERR_UNSUPPORTED,
+                                 "kv: int8 KV runs on the CPU only for now (the model is on "
+                                 "'%s')", dev);
+        if (c.format != PIO_KV_MODEL_DTYPE)
+            return pio_error_set(err, PIO_ERR_UNSUPPORTED,
+                                 "kv: on '%s' the KV cache is kept in the model's dtype (%s); "
+                                 "a %s cache runs on the CPU only for now", dev,
+                                 elem_name(model_elem(m)), elem_name(format_elem(m, c.format)));
+        if (c.attention != PIO_ATTN_FULL)
+            return pio_error_set(err, PIO_ERR_UNSUPPORTED,
+                                 "kv: %s attention runs on the CPU only for now (the model is "
+                                 "on '%s')", pio_kv_attention_name(c.attention), dev);
+    }
     pio_kv_elem e = format_elem(m, c.format);
     if (c.layout == PIO_KV_CONTIGUOUS) {
         c.block_size = m->n_ctx;
@@ -163,8 +181,31 @@ static void adopt_tensors(pio_model *m, pio_kv *kv) {
                                      .dv = hp->head_dim};
 }
 
-/* The default cache when reconfiguring back to it (on the CPU): per layer K
- * and V tensors [max_seqs, ctx, kv_heads, head_dim], as the loader makes them. */
+/* A zero-filled tensor on the model's device. */
+static pio_tensor *tensor_new(pio_model *m, pio_dtype dt, int ndim, const int64_t *shape,
+                              pio_error *err) {
+    if (m->cuda) return pio_model_cuda_tensor(m, dt, ndim, shape, err);
+    return pio_tensor_new(dt, ndim, shape, err);
+}
+
+/* Device memory goes back to the context's pool with its last reference
+ * (pio_storage_release alone would keep it until the context goes). */
+static void storage_release(pio_model *m, pio_storage *s) {
+    if (s && s->kind == PIO_STORAGE_DEVICE) pio_model_cuda_release(m, s);
+    else pio_storage_release(s);
+}
+
+static void tensor_free(pio_model *m, pio_tensor *t) {
+    if (!t) return;
+    pio_storage *s = t->storage;
+    pio_storage_retain(s);
+    pio_tensor_free(t);
+    storage_release(m, s);
+}
+
+/* The default cache when reconfiguring back to it: per layer K and V tensors
+ * [max_seqs, ctx, kv_heads, head_dim] on the model's device, as the loader
+ * makes them. */
 static pio_status alloc_tensors(pio_model *m, pio_kv *kv, pio_error *err) {
     const pio_hparams *hp = &m->hp;
     int64_t shape[4] = {m->max_seqs, m->n_ctx, hp->n_head_kv, hp->head_dim};
@@ -173,8 +214,8 @@ static pio_status alloc_tensors(pio_model *m, pio_kv *kv, pio_error *err) {
     m->cache_v = calloc((size_t)hp->n_layer, sizeof *m->cache_v);
     if (!m->cache_k || !m->cache_v) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
     for (int l = 0; l < hp->n_layer; l++) {
-        m->cache_k[l] = pio_tensor_new(dt, 4, shape, err);
-        m->cache_v[l] = m->cache_k[l] ? pio_tensor_new(dt, 4, shape, err) : NULL;
+        m->cache_k[l] = tensor_new(m, dt, 4, shape, err);
+        m->cache_v[l] = m->cache_k[l] ? tensor_new(m, dt, 4, shape, err) : NULL;
         if (!m->cache_v[l])
             return pio_error_set(err, PIO_ERR_OOM,
                                  "out of memory for the KV cache: %zu MiB for %d sequence(s) of "
@@ -186,18 +227,34 @@ static pio_status alloc_tensors(pio_model *m, pio_kv *kv, pio_error *err) {
 }
 
 static void free_tensors(pio_model *m, int32_t n_layer) {
-    for (int l = 0; m->cache_k && l < n_layer; l++) pio_tensor_free(m->cache_k[l]);
-    for (int l = 0; m->cache_v && l < n_layer; l++) pio_tensor_free(m->cache_v[l]);
+    for (int l = 0; m->cache_k && l < n_layer; l++) tensor_free(m, m->cache_k[l]);
+    for (int l = 0; m->cache_v && l < n_layer; l++) tensor_free(m, m->cache_v[l]);
     free(m->cache_k);
     free(m->cache_v);
     m->cache_k = m->cache_v = NULL;
 }
 
+/* Zeroed storage for the custom cache on the model's device (NULL + err). */
+static pio_storage *storage_new(pio_model *m, const pio_kv *kv, pio_error *err) {
+    if (!m->cuda) return pio_storage_new_heap(kv->bytes, err);
+    /* A device tensor's storage (int8, which has no device elements, is refused before). */
+    const pio_dtype dt = kv->elem == PIO_KV_ELEM_F32 ? PIO_F32 : PIO_BF16;
+    const int64_t numel = (int64_t)(kv->bytes / pio_kv_elem_size(kv->elem));
+    pio_tensor *t = pio_model_cuda_tensor(m, dt, 1, &numel, err);
+    if (!t) return NULL;
+    pio_storage *s = t->storage;
+    pio_storage_retain(s);
+    pio_tensor_free(t); /* the storage stays, held by the cache */
+    return s;
+}
+
 /* A custom cache: one zeroed allocation; per layer (int8: K and V scales,
- * then) K and V, so every region keeps its elements' alignment. */
+ * then) K and V, so every region keeps its elements' alignment. On CUDA the
+ * pools' pointers are device addresses: host code reaches their bytes only
+ * through pio_kv_copy_rows. */
 static pio_status alloc_storage(pio_model *m, pio_kv *kv, pio_error *err) {
     const pio_hparams *hp = &m->hp;
-    pio_storage *s = pio_storage_new_heap(kv->bytes, err);
+    pio_storage *s = storage_new(m, kv, err);
     if (!s)
         return pio_error_set(err, PIO_ERR_OOM,
                              "out of memory for the KV cache: %zu MiB (%d blocks of %d "
@@ -271,7 +328,7 @@ static pio_status build(pio_model *m, const pio_kv_config *cfg, pio_kv *kv, pio_
     if (st == PIO_OK && c.layout == PIO_KV_PAGED) st = init_blocks(kv, err);
     if (st == PIO_OK && kv->custom) st = alloc_storage(m, kv, err);
     if (st) {
-        pio_storage_release(kv->storage);
+        storage_release(m, kv->storage);
         free_seqs(kv, m->max_seqs);
     }
     return st;
@@ -303,14 +360,15 @@ pio_status pio_kv_init(pio_model *m, const pio_kv_config *cfg, pio_error *err) {
 void pio_kv_free(pio_model *m) {
     pio_kv *kv = m->kv;
     if (!kv) return;
-    pio_storage_release(kv->storage);
+    storage_release(m, kv->storage);
     free_seqs(kv, m->max_seqs);
     free(kv);
     m->kv = NULL;
 }
 
 pio_status pio_model_kv_configure(pio_model *m, const pio_kv_config *cfg, pio_error *err) {
-    if (m->device != PIO_DEVICE_CPU && pio_kv_config_is_default(m, cfg)) return PIO_OK; /* what it has */
+    if (m->device != PIO_DEVICE_CPU && !m->kv->custom && pio_kv_config_is_default(m, cfg))
+        return PIO_OK; /* what it has */
     for (int32_t s = 0; s < m->max_seqs; s++)
         if (m->kv->seqs[s].len > 0 || m->kv->seqs[s].n_table > 0)
             return pio_error_set(err, PIO_ERR_INVALID,
@@ -340,6 +398,7 @@ pio_status pio_model_kv_configure(pio_model *m, const pio_kv_config *cfg, pio_er
     m->cache_k = new_k, m->cache_v = new_v;
     m->kv = next;
     m->kv_bytes = next->bytes;
+    if (m->cuda) pio_model_cuda_kv_changed(m); /* a captured step holds the old addresses */
     return PIO_OK;
 }
 
@@ -657,20 +716,36 @@ pio_status pio_model_kv_stats(const pio_model *m, pio_kv_stats *out) {
 
 /* ---- the forward pass ---------------------------------------------------------- */
 
-/* Copies pool block `from` into `to` in every layer (K, V, scales). */
-static void copy_block(pio_model *m, int32_t from, int32_t to) {
+pio_status pio_kv_copy_rows(pio_model *m, void *dst, size_t dpitch, const void *src,
+                            size_t spitch, size_t width, size_t height, pio_error *err) {
+    if (m->cuda) return pio_model_cuda_copy_2d(m, dst, dpitch, src, spitch, width, height, err);
+    for (size_t r = 0; r < height; r++)
+        memcpy((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+    return PIO_OK;
+}
+
+/* Copies pool block `from` into `to` in every layer (K, V, scales). On CUDA
+ * the copies are enqueued on the stream ahead of the forward pass that
+ * writes into the block. */
+static pio_status copy_block(pio_model *m, int32_t from, int32_t to, pio_error *err) {
     pio_kv *kv = m->kv;
     const size_t rows = (size_t)kv->block * (size_t)m->hp.n_head_kv;
     const size_t bytes = rows * (size_t)m->hp.head_dim * pio_kv_elem_size(kv->elem);
-    for (int l = 0; l < m->hp.n_layer; l++) {
+    const size_t sbytes = rows * sizeof(float);
+    pio_status st = PIO_OK;
+    for (int l = 0; st == PIO_OK && l < m->hp.n_layer; l++) {
         pio_kv_pool *p = &kv->pools[l];
-        memcpy((char *)p->k + to * bytes, (char *)p->k + from * bytes, bytes);
-        memcpy((char *)p->v + to * bytes, (char *)p->v + from * bytes, bytes);
-        if (p->k_scale) {
-            memcpy(p->k_scale + to * rows, p->k_scale + from * rows, rows * sizeof(float));
-            memcpy(p->v_scale + to * rows, p->v_scale + from * rows, rows * sizeof(float));
-        }
+        if (!(st = pio_kv_copy_rows(m, (char *)p->k + to * bytes, bytes,
+                                    (char *)p->k + from * bytes, bytes, bytes, 1, err)))
+            st = pio_kv_copy_rows(m, (char *)p->v + to * bytes, bytes,
+                                  (char *)p->v + from * bytes, bytes, bytes, 1, err);
+        if (st == PIO_OK && p->k_scale &&
+            !(st = pio_kv_copy_rows(m, p->k_scale + to * rows, sbytes, p->k_scale + from * rows,
+                                    sbytes, sbytes, 1, err)))
+            st = pio_kv_copy_rows(m, p->v_scale + to * rows, sbytes, p->v_scale + from * rows,
+                                  sbytes, sbytes, 1, err);
     }
+    return st;
 }
 
 /* Logical block lb of slot s is about to be written: make it the slot's own. */
@@ -687,7 +762,11 @@ static pio_status make_private(pio_model *m, int32_t seq, int32_t lb, pio_error 
         return pio_error_set(err, PIO_ERR_OOM,
                              "out of KV blocks: need 1, free 0 (copying shared block %d of "
                              "sequence %d before writing into it)", lb, seq);
-    copy_block(m, b, nb);
+    pio_status st = copy_block(m, b, nb, err);
+    if (st) {
+        unref(kv, nb);
+        return st;
+    }
     unref(kv, b);
     kv->seqs[seq].table[lb] = nb;
     return PIO_OK;
@@ -760,6 +839,32 @@ int32_t pio_model_layer_window(const pio_model *m, int32_t layer) {
 }
 
 int32_t pio_model_config_window(const pio_model *m) { return m->hp.sliding_window; }
+
+/* A borrowed tensor header [n_blocks, block, kv_heads, d] over one layer's K or
+ * V region of the custom storage. */
+static pio_tensor pool_tensor(const pio_kv *kv, const pio_kv_pool *p, const void *data,
+                              int64_t d) {
+    pio_storage *s = kv->storage;
+    pio_tensor t = {.dtype = kv->elem == PIO_KV_ELEM_F32 ? PIO_F32 : PIO_BF16, .ndim = 4,
+                    .shape = {p->n_blocks, p->block, p->kv_heads, d},
+                    .offset = (size_t)((const char *)data - (const char *)s->data),
+                    .storage = s};
+    t.stride[3] = 1, t.stride[2] = d, t.stride[1] = p->kv_heads * d;
+    t.stride[0] = p->block * t.stride[1];
+    return t;
+}
+
+void pio_kv_layer_tensors(const pio_model *m, int layer, pio_tensor *k, pio_tensor *v) {
+    const pio_kv *kv = m->kv;
+    if (!kv->custom) {
+        *k = *m->cache_k[layer];
+        *v = *m->cache_v[layer];
+        return;
+    }
+    const pio_kv_pool *p = &kv->pools[layer];
+    *k = pool_tensor(kv, p, p->k, p->dk);
+    *v = pool_tensor(kv, p, p->v, p->dv);
+}
 
 bool pio_kv_via_view(const pio_model *m, int layer) {
     return m->kv->custom || pio_model_layer_window(m, layer) > 0;

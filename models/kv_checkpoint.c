@@ -15,6 +15,10 @@
  * The model hash covers the hyper-parameters and every weight's name and
  * shape: a file from another model is refused naming what differs. Loading
  * is exact: the same bytes go back into the cache.
+ *
+ * Rows move between the cache and host memory one layer at a time, a run of
+ * consecutive rows (one block, or a contiguous slot) per copy: memcpy on the
+ * CPU, device copies through pinned memory on CUDA (pio_kv_copy_rows).
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -92,43 +96,111 @@ static char *row_bytes(const pio_model *m, int layer, int which, int64_t row, si
     return (char *)((which == 2 ? p->k_scale : p->v_scale) + (size_t)row * heads);
 }
 
-/* A slot in range, on a model whose cache lives in host memory. */
 static pio_status check_slot(const pio_model *m, int32_t seq, pio_error *err) {
     if (seq < 0 || seq >= m->max_seqs)
         return pio_error_set(err, PIO_ERR_RANGE, "sequence slot %d is outside [0, %d)", seq,
                              m->max_seqs);
-    if (m->device != PIO_DEVICE_CPU)
-        return pio_error_set(err, PIO_ERR_UNSUPPORTED,
-                             "sequence checkpoints run on the CPU only for now");
     return PIO_OK;
 }
 
-pio_status pio_model_seq_save(const pio_model *m, int32_t seq, const char *path, pio_error *err) {
+static int n_parts(const pio_model *m) { return m->kv->elem == PIO_KV_ELEM_I8 ? 4 : 2; }
+
+/* Bytes of one held position in one layer: K, V (and the int8 scales). */
+static size_t pos_bytes(const pio_model *m) {
+    size_t per_pos = 0, n;
+    for (int w = 0; w < n_parts(m); w++) row_bytes(m, 0, w, 0, &n), per_pos += n;
+    return per_pos;
+}
+
+/* Layer `l` of slot `seq` between the cache and img (per position marked in
+ * present, its parts in order). to_img: cache → img; else img → cache, and a
+ * marked position whose block the slot no longer holds (out of its window
+ * now) is skipped. Runs of rows that follow each other in the storage go in
+ * one copy. On CUDA the copies are only enqueued. */
+static pio_status transfer_layer(pio_model *m, int32_t seq, int l, int32_t len,
+                                 const uint8_t *present, char *img, bool to_img, pio_error *err) {
+    const int parts = n_parts(m);
+    const size_t per_pos = pos_bytes(m);
+    pio_status st = PIO_OK;
+    for (int32_t p = 0; st == PIO_OK && p < len;) {
+        if (!present[p]) {
+            p++;
+            continue;
+        }
+        const int64_t row = row_of(m, seq, p);
+        int32_t end = p + 1;
+        while (row >= 0 && end < len && present[end] && row_of(m, seq, end) == row + (end - p))
+            end++;
+        size_t off = 0;
+        for (int w = 0; row >= 0 && st == PIO_OK && w < parts; w++) {
+            size_t n;
+            char *rows = row_bytes(m, l, w, row, &n);
+            st = to_img ? pio_kv_copy_rows(m, img + off, per_pos, rows, n, n, (size_t)(end - p), err)
+                        : pio_kv_copy_rows(m, rows, n, img + off, per_pos, n, (size_t)(end - p), err);
+            off += n;
+        }
+        img += (size_t)(end - p) * per_pos;
+        p = end;
+    }
+    return st;
+}
+
+/* One layer's rows into host memory `out` (bytes long), or back from `in`.
+ * CUDA: through pinned staging, waiting for the copies. */
+static pio_status layer_to_host(pio_model *m, int32_t seq, int l, int32_t len,
+                                const uint8_t *present, char *out, size_t bytes, pio_error *err) {
+    char *img = out;
+    if (m->cuda && !(img = pio_model_cuda_staging(m, bytes, err))) return err->status;
+    pio_status st = transfer_layer(m, seq, l, len, present, img, true, err);
+    if (st == PIO_OK && m->cuda && (st = pio_model_cuda_sync(m, err)) == PIO_OK)
+        memcpy(out, img, bytes);
+    return st;
+}
+
+static pio_status layer_from_host(pio_model *m, int32_t seq, int l, int32_t len,
+                                  const uint8_t *present, const char *in, size_t bytes,
+                                  pio_error *err) {
+    char *img = (char *)in;
+    if (m->cuda) {
+        if (!(img = pio_model_cuda_staging(m, bytes, err))) return err->status;
+        memcpy(img, in, bytes);
+    }
+    pio_status st = transfer_layer(m, seq, l, len, present, img, false, err);
+    if (st == PIO_OK && m->cuda) st = pio_model_cuda_sync(m, err); /* staging is reused */
+    return st;
+}
+
+pio_status pio_model_seq_save(const pio_model *cm, int32_t seq, const char *path, pio_error *err) {
+    pio_model *m = (pio_model *)cm; /* CUDA: the pinned staging buffer is the model's */
     pio_status st = check_slot(m, seq, err);
     if (st) return st;
     const pio_kv_seq *s = &m->kv->seqs[seq];
     if (s->len == 0)
         return pio_error_set(err, PIO_ERR_INVALID, "sequence %d is empty: nothing to save", seq);
-    FILE *f = fopen(path, "wb");
-    if (!f) return pio_error_set(err, PIO_ERR_IO, "cannot write '%s'", path);
+    uint8_t *present = malloc((size_t)s->len);
+    if (!present) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+    int32_t held = 0;
+    for (int32_t p = 0; p < s->len; p++) held += present[p] = row_of(m, seq, p) >= 0;
+    const size_t layer_bytes = (size_t)held * pos_bytes(m);
+    char *rows = malloc(layer_bytes ? layer_bytes : 1);
+    FILE *f = rows ? fopen(path, "wb") : NULL;
+    if (!f) {
+        free(present);
+        free(rows);
+        return rows ? pio_error_set(err, PIO_ERR_IO, "cannot write '%s'", path)
+                    : pio_error_set(err, PIO_ERR_OOM, "out of memory");
+    }
     header h = header_of(m, s->len);
     bool ok = fwrite(&h, sizeof h, 1, f) == 1 &&
-              fwrite(s->tokens, sizeof(int32_t), (size_t)s->len, f) == (size_t)s->len;
-    for (int32_t p = 0; ok && p < s->len; p++) {
-        uint8_t present = row_of(m, seq, p) >= 0;
-        ok = fwrite(&present, 1, 1, f) == 1;
-    }
-    const int parts = m->kv->elem == PIO_KV_ELEM_I8 ? 4 : 2;
-    for (int l = 0; ok && l < m->hp.n_layer; l++)
-        for (int32_t p = 0; ok && p < s->len; p++) {
-            int64_t row = row_of(m, seq, p);
-            for (int w = 0; row >= 0 && ok && w < parts; w++) {
-                size_t n;
-                const char *b = row_bytes(m, l, w, row, &n);
-                ok = fwrite(b, 1, n, f) == n;
-            }
-        }
+              fwrite(s->tokens, sizeof(int32_t), (size_t)s->len, f) == (size_t)s->len &&
+              fwrite(present, 1, (size_t)s->len, f) == (size_t)s->len;
+    for (int l = 0; ok && st == PIO_OK && l < m->hp.n_layer; l++)
+        if ((st = layer_to_host(m, seq, l, s->len, present, rows, layer_bytes, err)) == PIO_OK)
+            ok = fwrite(rows, 1, layer_bytes, f) == layer_bytes;
     if (fclose(f) != 0) ok = false;
+    free(present);
+    free(rows);
+    if (st) return st;
     if (!ok) return pio_error_set(err, PIO_ERR_IO, "writing '%s' failed", path);
     return PIO_OK;
 }
@@ -203,30 +275,30 @@ pio_status pio_model_seq_load(pio_model *m, int32_t seq, const char *path, pio_e
         if (!t) st = pio_error_set(err, PIO_ERR_OOM, "out of memory");
         else {
             s->tokens = t;
-            s->cap_tokens = s->cap_tokens > h.len ? s->cap_tokens : h.len;
+            s->cap_tokens = h.len; /* what realloc left, even when it shrank */
             memcpy(s->tokens, tokens, sizeof *t * (size_t)h.len);
             s->len = h.len;
         }
     }
-    const int parts = m->kv->elem == PIO_KV_ELEM_I8 ? 4 : 2;
-    for (int l = 0; st == PIO_OK && l < m->hp.n_layer; l++)
-        for (int32_t p = 0; st == PIO_OK && p < h.len; p++) {
-            if (!present[p]) continue;
-            int64_t row = row_of(m, seq, p);
-            for (int w = 0; st == PIO_OK && w < parts; w++) {
-                size_t n;
-                char *b = row >= 0 ? row_bytes(m, l, w, row, &n) : NULL;
-                if (!b) { /* held then, out of the window now: skip its bytes */
-                    row_bytes(m, l, w, 0, &n);
-                    if (fseek(f, (long)n, SEEK_CUR))
-                        st = pio_error_set(err, PIO_ERR_FORMAT, "'%s' is truncated", path);
-                    continue;
-                }
-                if (fread(b, 1, n, f) != n)
-                    st = pio_error_set(err, PIO_ERR_FORMAT, "'%s' is truncated", path);
-            }
-        }
+    /* Per layer: the file's rows, then into the blocks the slot holds now (a
+     * position held then and out of the window now is skipped). */
+    char *rows = NULL;
+    size_t layer_bytes = 0;
+    if (st == PIO_OK) {
+        int32_t held = 0;
+        for (int32_t p = 0; p < h.len; p++) held += present[p] != 0;
+        layer_bytes = (size_t)held * pos_bytes(m);
+        if (!(rows = malloc(layer_bytes ? layer_bytes : 1)))
+            st = pio_error_set(err, PIO_ERR_OOM, "out of memory");
+    }
+    for (int l = 0; st == PIO_OK && l < m->hp.n_layer; l++) {
+        if (fread(rows, 1, layer_bytes, f) != layer_bytes)
+            st = pio_error_set(err, PIO_ERR_FORMAT, "'%s' is truncated", path);
+        else
+            st = layer_from_host(m, seq, l, h.len, present, rows, layer_bytes, err);
+    }
     if (st != PIO_OK) pio_model_seq_free(m, seq);
+    free(rows);
     free(tokens);
     free(present);
     fclose(f);
@@ -251,18 +323,12 @@ pio_kv_swap *pio_model_seq_swap_out(pio_model *m, int32_t seq, pio_error *err) {
         pio_error_set(err, PIO_ERR_RANGE, "sequence slot %d is outside [0, %d)", seq, m->max_seqs);
         return NULL;
     }
-    if (m->device != PIO_DEVICE_CPU) {
-        pio_error_set(err, PIO_ERR_UNSUPPORTED, "swapping KV to host memory runs on the CPU only for now");
-        return NULL;
-    }
     const pio_kv_seq *s = &m->kv->seqs[seq];
     if (s->len == 0) {
         pio_error_set(err, PIO_ERR_INVALID, "sequence %d is empty: nothing to swap out", seq);
         return NULL;
     }
-    const int parts = m->kv->elem == PIO_KV_ELEM_I8 ? 4 : 2;
-    size_t per_pos = 0, n;
-    for (int w = 0; w < parts; w++) row_bytes(m, 0, w, 0, &n), per_pos += n;
+    const size_t per_pos = pos_bytes(m);
     int32_t held = 0;
     for (int32_t p = 0; p < s->len; p++) held += row_of(m, seq, p) >= 0;
     size_t head = (size_t)s->len * (sizeof(int32_t) + 1);
@@ -281,15 +347,12 @@ pio_kv_swap *pio_model_seq_swap_out(pio_model *m, int32_t seq, pio_error *err) {
     sw->rows = sw->data + head;
     memcpy(sw->tokens, s->tokens, (size_t)s->len * sizeof *sw->tokens);
     for (int32_t p = 0; p < s->len; p++) sw->present[p] = row_of(m, seq, p) >= 0;
-    char *out = sw->rows;
+    const size_t layer_bytes = (size_t)held * per_pos;
     for (int l = 0; l < m->hp.n_layer; l++)
-        for (int32_t p = 0; p < s->len; p++) {
-            int64_t row = row_of(m, seq, p);
-            for (int w = 0; row >= 0 && w < parts; w++) {
-                const char *b = row_bytes(m, l, w, row, &n);
-                memcpy(out, b, n);
-                out += n;
-            }
+        if (layer_to_host(m, seq, l, s->len, sw->present, sw->rows + (size_t)l * layer_bytes,
+                          layer_bytes, err)) {
+            free(sw); /* the slot is left as it was */
+            return NULL;
         }
     pio_model_seq_free(m, seq);
     return sw;
@@ -319,20 +382,14 @@ pio_status pio_model_seq_swap_in(pio_model *m, int32_t seq, const pio_kv_swap *s
     }
     memcpy(s->tokens, sw->tokens, sizeof *s->tokens * (size_t)sw->len);
     s->len = sw->len;
-    const int parts = m->kv->elem == PIO_KV_ELEM_I8 ? 4 : 2;
-    const char *in = sw->rows;
-    for (int l = 0; l < m->hp.n_layer; l++)
-        for (int32_t p = 0; p < sw->len; p++) {
-            if (!sw->present[p]) continue;
-            int64_t row = row_of(m, seq, p);
-            for (int w = 0; w < parts; w++) {
-                size_t n;
-                char *b = row >= 0 ? row_bytes(m, l, w, row, &n) : (row_bytes(m, l, w, 0, &n), NULL);
-                if (b) memcpy(b, in, n); /* else out of the window now (as in a checkpoint) */
-                in += n;
-            }
-        }
-    return PIO_OK;
+    int32_t held = 0;
+    for (int32_t p = 0; p < sw->len; p++) held += sw->present[p] != 0;
+    const size_t layer_bytes = (size_t)held * pos_bytes(m);
+    for (int l = 0; st == PIO_OK && l < m->hp.n_layer; l++)
+        st = layer_from_host(m, seq, l, sw->len, sw->present, sw->rows + (size_t)l * layer_bytes,
+                             layer_bytes, err);
+    if (st) pio_model_seq_free(m, seq);
+    return st;
 }
 
 size_t pio_kv_swap_bytes(const pio_kv_swap *sw) { return sw ? sizeof *sw + sw->bytes : 0; }

@@ -79,6 +79,19 @@ pio_status pio_kv_attend(struct pio_model *m, int layer, const struct pio_batch 
  * window (the strategy's, or config.json's sliding layers). */
 bool pio_kv_via_view(const struct pio_model *m, int layer);
 
+/* Layer's K and V caches as tensors: the loader's [max_seqs, ctx, kv_heads,
+ * head_dim] for the default cache, else headers over the layer's pools
+ * [n_blocks, block, kv_heads, head_dim] (f32 and bf16 only; borrowed: valid
+ * until the cache is reconfigured). What the CUDA builders hand the kernels. */
+void pio_kv_layer_tensors(const struct pio_model *m, int layer, pio_tensor *k, pio_tensor *v);
+
+/* Copies `height` rows of `width` bytes (pitches apart) where either side may
+ * be the cache's storage: memcpy on the CPU; on CUDA a device copy enqueued on
+ * the stream (host memory on either side; pio_model_cuda_sync before reading
+ * a host destination or reusing a host source). */
+pio_status pio_kv_copy_rows(struct pio_model *m, void *dst, size_t dpitch, const void *src,
+                            size_t spitch, size_t width, size_t height, pio_error *err);
+
 /* Model surgery dropped these layers (sorted): close the gaps in the pools. */
 void pio_kv_remove_layers(struct pio_model *m, const int32_t *layers, size_t n);
 

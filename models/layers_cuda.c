@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include "cuda_ops.h"
+#include "kv_internal.h"
 #include "layers.h"
 #include "layers_cuda.h"
 
@@ -92,15 +93,20 @@ pio_status pio_cuda_build_attn(pio_model *m, int layer, const pio_attn_weights *
     pio_tensor v3 = head_view(&qkv, (Hq + Hkv) * D, Hkv, D);
     int64_t as[3] = {n, Hq, D};
     pio_tensor a3 = pio_reshape(&att, 3, as);
+    /* The layer's cache: [max_seqs, ctx, Hkv, D] (contiguous, table NULL) or the
+     * paged pools [n_blocks, block, Hkv, D] read through the uploaded block tables. */
+    pio_tensor ck, cv;
+    pio_kv_layer_tensors(m, layer, &ck, &cv);
+    const pio_cuda_block_table *table = pio_model_cuda_block_table(m);
     pio_cuda_qkv_args qa = {
         .q = &q3, .k = &k3, .v = &v3, .q_norm = w->q_norm, .k_norm = w->k_norm,
         .eps = (float)hp->norm_eps, .inv_freq = pio_model_cuda_inv_freq(m), .rot_dim = (int)D,
-        .cache_k = m->cache_k[layer], .cache_v = m->cache_v[layer],
-        .batch = pio_model_cuda_batch(m), .round_bf16 = m->round_bf16};
+        .cache_k = &ck, .cache_v = &cv, .batch = pio_model_cuda_batch(m),
+        .round_bf16 = m->round_bf16, .table = table};
     float scale = (float)(1.0 / sqrt((double)D));
     if ((st = pio_cuda_qk_norm_rope_kv(CTX(m), &qa, err)) ||
-        (st = pio_cuda_attention(CTX(m), &q3, m->cache_k[layer], m->cache_v[layer],
-                                 pio_model_cuda_batch(m), scale, &a3, m->round_bf16, err)))
+        (st = pio_cuda_attention_paged(CTX(m), &q3, &ck, &cv, pio_model_cuda_batch(m), table,
+                                       scale, &a3, m->round_bf16, err)))
         return st;
     return pio_cuda_build_linear(m, &att, w->wo, out, err);
 }

@@ -11,6 +11,12 @@
  * the logits rows back. A one-token step (decode) is captured as a CUDA graph
  * on its second run and replayed after that: the kernels read the positions
  * from the uploaded batch, so one graph serves every position.
+ *
+ * The paged KV cache (models/kv.c keeps its bookkeeping on the host): each
+ * forward pass also uploads the slots' block tables, to one device address
+ * that lives as long as the cache's geometry, so a captured step reads the
+ * tables of the step it replays; reconfiguring the cache drops the graph and
+ * the tables (pio_model_cuda_kv_changed).
  */
 #ifdef PIO_CUDA_KERNELS
 #include <stdio.h>
@@ -18,6 +24,7 @@
 #include <string.h>
 
 #include "cuda_ops.h"
+#include "kv_internal.h"
 #include "model_internal.h"
 
 struct pio_model_cuda {
@@ -33,11 +40,19 @@ struct pio_model_cuda {
     int graph_state;                     /* GRAPH_* */
     bool graph_logits;                   /* whether the captured step writes logits */
     bool graphs_off;                     /* PIO_CUDA_GRAPHS=0 */
+    pio_cuda_block_table *table;         /* paged KV: every slot's blocks, made on first use */
+    const int32_t **table_rows;          /* [max_seqs] staging for pio_cuda_block_table_set */
+    int32_t *table_lens;                 /* [max_seqs] */
+    void *staging;                       /* pinned host memory for KV rows (swap, checkpoints) */
+    size_t staging_bytes;
 };
 
 enum { GRAPH_NONE, GRAPH_WARM, GRAPH_READY, GRAPH_FAILED };
 
 pio_cuda_ctx *pio_model_cuda_ctx(const pio_model *m) { return m->cuda ? m->cuda->ctx : NULL; }
+const pio_cuda_block_table *pio_model_cuda_block_table(const pio_model *m) {
+    return m->cuda ? m->cuda->table : NULL;
+}
 const pio_cuda_batch *pio_model_cuda_batch(const pio_model *m) { return m->cuda->batch; }
 const pio_tensor *pio_model_cuda_inv_freq(const pio_model *m) { return m->cuda->inv_freq; }
 
@@ -65,9 +80,20 @@ pio_status pio_model_cuda_init(pio_model *m, pio_error *err) {
     return PIO_OK;
 }
 
+static void free_table(struct pio_model_cuda *c) {
+    pio_cuda_block_table_free(c->ctx, c->table);
+    free(c->table_rows);
+    free(c->table_lens);
+    c->table = NULL;
+    c->table_rows = NULL;
+    c->table_lens = NULL;
+}
+
 void pio_model_cuda_free(pio_model *m) {
     struct pio_model_cuda *c = m->cuda;
     if (!c) return;
+    if (c->ctx) free_table(c);
+    pio_cuda_host_free(c->staging);
     pio_cuda_graph_free(c->graph);
     free(c->ptr_arrays);
     pio_tensor_free(c->logits_host);
@@ -100,6 +126,64 @@ static void drop_graph(struct pio_model_cuda *c) {
 pio_tensor *pio_model_cuda_tensor(pio_model *m, pio_dtype dt, int ndim, const int64_t *shape,
                                   pio_error *err) {
     return pio_cuda_tensor_new(m->cuda->ctx, dt, ndim, shape, err);
+}
+
+void pio_model_cuda_kv_changed(pio_model *m) {
+    struct pio_model_cuda *c = m->cuda;
+    drop_graph(c);
+    pio_error ignored = {0};
+    pio_cuda_sync(c->ctx, &ignored); /* nothing in flight reads the old table */
+    free_table(c);
+}
+
+pio_status pio_model_cuda_copy_2d(pio_model *m, void *dst, size_t dpitch, const void *src,
+                                  size_t spitch, size_t width, size_t height, pio_error *err) {
+    return pio_cuda_copy_2d(m->cuda->ctx, dst, dpitch, src, spitch, width, height, err);
+}
+
+void *pio_model_cuda_staging(pio_model *m, size_t bytes, pio_error *err) {
+    struct pio_model_cuda *c = m->cuda;
+    if (c->staging && bytes <= c->staging_bytes) return c->staging;
+    pio_error ignored = {0};
+    pio_cuda_sync(c->ctx, &ignored); /* a copy may still read the old buffer */
+    pio_cuda_host_free(c->staging);
+    c->staging = NULL;
+    c->staging_bytes = 0;
+    size_t want = bytes + bytes / 4 > 4096 ? bytes + bytes / 4 : 4096;
+    if (!(c->staging = pio_cuda_host_alloc(want, err))) return NULL;
+    c->staging_bytes = want;
+    return c->staging;
+}
+
+pio_status pio_model_cuda_sync(pio_model *m, pio_error *err) { return pio_cuda_sync(m->cuda->ctx, err); }
+
+/* Paged cache: every slot's block table to its fixed device address, ahead of
+ * the step (or the graph replaying it) that reads them. Made on first use for
+ * the cache's geometry: max_seqs rows of ceil(ctx / block) blocks. */
+static pio_status upload_tables(pio_model *m, pio_error *err) {
+    struct pio_model_cuda *c = m->cuda;
+    const pio_kv *kv = m->kv;
+    if (kv->cfg.layout != PIO_KV_PAGED) return PIO_OK;
+    if (!c->table) {
+        c->table_rows = calloc((size_t)m->max_seqs, sizeof *c->table_rows);
+        c->table_lens = calloc((size_t)m->max_seqs, sizeof *c->table_lens);
+        if (!c->table_rows || !c->table_lens) {
+            free_table(c);
+            return pio_error_set(err, PIO_ERR_OOM, "out of memory");
+        }
+        c->table = pio_cuda_block_table_new(c->ctx, m->max_seqs, pio_kv_max_pos(m), kv->block,
+                                            kv->n_blocks, err);
+        if (!c->table) {
+            free_table(c);
+            return err->status;
+        }
+        drop_graph(c); /* a step captured before read no table */
+    }
+    for (int32_t s = 0; s < m->max_seqs; s++) {
+        c->table_rows[s] = kv->seqs[s].table;
+        c->table_lens[s] = kv->seqs[s].n_table;
+    }
+    return pio_cuda_block_table_set(c->ctx, c->table, c->table_rows, c->table_lens, err);
 }
 
 pio_tensor *pio_model_cuda_upload(pio_model *m, pio_tensor *host, pio_error *err) {
@@ -266,6 +350,7 @@ pio_status pio_model_cuda_forward(pio_model *m, const pio_batch *b, int32_t n_ou
     }
     int64_t V = m->hp.n_vocab, rows = n_out ? n_out : 1;
     if ((st = pio_cuda_batch_set(c->ctx, c->batch, b->token, b->seq, b->pos, b->n_tokens, err)) ||
+        (st = upload_tables(m, err)) ||
         (st = pio_model_cuda_scratch(m, PIO_SLOT_LOGITS, rows, V, &m->logits, err)))
         return st;
     m->logits.shape[0] = n_out;
@@ -333,4 +418,15 @@ const void *const *pio_model_cuda_pointers(pio_model *m, const pio_tensor *const
     absent(err);
     return NULL;
 }
+const struct pio_cuda_block_table *pio_model_cuda_block_table(const pio_model *m) { return NULL; }
+void pio_model_cuda_kv_changed(pio_model *m) { (void)m; }
+pio_status pio_model_cuda_copy_2d(pio_model *m, void *dst, size_t dpitch, const void *src,
+                                  size_t spitch, size_t width, size_t height, pio_error *err) {
+    return absent(err);
+}
+void *pio_model_cuda_staging(pio_model *m, size_t bytes, pio_error *err) {
+    absent(err);
+    return NULL;
+}
+pio_status pio_model_cuda_sync(pio_model *m, pio_error *err) { return absent(err); }
 #endif

@@ -173,6 +173,20 @@ size_t pio_model_cuda_scratch_bytes(const pio_model *m);
 pio_status pio_model_cuda_forward(pio_model *m, const pio_batch *b, int32_t n_out,
                                   const pio_tensor **logits, pio_error *err);
 pio_dtype pio_model_act_dtype(const pio_model *m);
+/* The paged KV cache on the device: the batch's block tables as the forward
+ * pass uploaded them (NULL when the cache is contiguous). */
+struct pio_cuda_block_table;
+const struct pio_cuda_block_table *pio_model_cuda_block_table(const pio_model *m);
+/* The cache was reallocated (models/kv.c): a captured step and the block
+ * tables, which hold its old addresses and geometry, are dropped. */
+void pio_model_cuda_kv_changed(pio_model *m);
+/* Rows between device and host memory on the stream (pio_kv_copy_rows). */
+pio_status pio_model_cuda_copy_2d(pio_model *m, void *dst, size_t dpitch, const void *src,
+                                  size_t spitch, size_t width, size_t height, pio_error *err);
+/* Page-locked host memory of at least `bytes`, kept and grown (staging for KV
+ * copies to and from host memory); valid until the next call. */
+void *pio_model_cuda_staging(pio_model *m, size_t bytes, pio_error *err);
+pio_status pio_model_cuda_sync(pio_model *m, pio_error *err);
 struct pio_cuda_ctx *pio_model_cuda_ctx(const pio_model *m);
 const struct pio_cuda_batch *pio_model_cuda_batch(const pio_model *m);
 const pio_tensor *pio_model_cuda_inv_freq(const pio_model *m);

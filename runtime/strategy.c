@@ -100,7 +100,8 @@ static bool tensor_parallel_supports(const pio_strategy_def *d, const double *p,
     return true;
 }
 
-/* The paged cache, int8 KV and windowed attention (models/kv.c) run on the CPU. */
+/* int8 KV and windowed attention (models/kv.c) run on the CPU; the paged cache
+ * and prefix caching run on the CPU and on CUDA. */
 static bool cpu_kv_supports(const pio_strategy_def *d, const double *p,
                             const pio_strategy_context *c, char *why, size_t len) {
     if (c->device && !on_cpu(c)) {
@@ -137,11 +138,10 @@ static const pio_strategy_def table[] = {
      "one [slots, ctx, kv_heads, head_dim] cache per layer in the model's dtype (bf16; f32 "
      "in the reference mode)", .applies = PIO_APPLIES_NOWHERE},
     {PIO_STRATEGY_KV, "paged", "fixed-size blocks from one pool, a block table per sequence",
-     {INT_PARAM("block", 16, 1, 4096, NULL, "tokens per block")}, 1,
-     .supports = cpu_kv_supports},
+     {INT_PARAM("block", 16, 1, 4096, NULL, "tokens per block")}, .n_params = 1},
     {PIO_STRATEGY_KV, "prefix",
      "reuse the KV blocks of a cached prompt prefix (on the paged cache: implies kv.paged)",
-     .supports = cpu_kv_supports},
+     .n_params = 0},
     {PIO_STRATEGY_KV, "int8", "int8 keys and values with a scale per token and head",
      .supports = cpu_kv_supports},
     {PIO_STRATEGY_KV, "fp8", "fp8 (e4m3) keys and values, on the GPU",

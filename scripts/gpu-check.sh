@@ -7,7 +7,8 @@
 #      packages scripts/gpu-deps.sh unpacked into .gpu-deps where the machine
 #      lacks them), else the kernels alone (kernels/cuda/standalone);
 #   3. runs the gpu-labelled C tests (tests/c/test-cuda-*.c: every CUDA op
-#      against its CPU twin, without and then with programmatic dependent launch);
+#      against its CPU twin, without and then with programmatic dependent launch;
+#      the paged KV cache's ops against the contiguous ones);
 #      a skip counts as a failure here;
 #   4. runs bench/cuda-micro: copy bandwidth, cuBLAS bf16 peak, the matvec
 #      kernel on Qwen3-4B shapes, prompt GEMMs, attention, and the op chain of
@@ -90,7 +91,7 @@ step configure 120 cmake -S "$src" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Re
 if [ "$src" = "$root" ]; then
   step build 300 cmake --build "$build" -j"$(nproc)"
 else
-  step build 300 cmake --build "$build" -j"$(nproc)" --target test-cuda-ops cuda-micro
+  step build 300 cmake --build "$build" -j"$(nproc)" --target test-cuda-ops test-cuda-paged cuda-micro
 fi
 # The compiler's resource report (registers, shared memory, spills) for the notes.
 grep -hE "ptxas info *: (Compiling|Used)|spill" "$logs/build.log" >"$logs/ptxas.txt" 2>/dev/null || true
@@ -142,9 +143,10 @@ if [ -x "$build/pio" ]; then
         "$build/pio" bench "$root/bench/cuda.lua" --reps "$reps" --json "$logs/bench-cuda-nopdl.json"
     fi
   fi
-  # Continuous batching on the GPU (bench/serving.lua's concurrency part, Qwen3-4B).
+  # Continuous batching on the GPU (bench/serving.lua, Qwen3-4B: concurrency, prefix
+  # reuse and preemption on the paged KV cache, capacity).
   if [[ ",$benches," == *,serving,* ]]; then
-    step serving-bench 240 env PIO_BENCH_DEVICE=cuda "$build/pio" bench "$root/bench/serving.lua" \
+    step serving-bench 300 env PIO_BENCH_DEVICE=cuda "$build/pio" bench "$root/bench/serving.lua" \
       --quick --json "$logs/bench-serving.json"
   fi
   # Qwen3-MoE at the 30B-A3B shape (about 61 GB of bf16 weights: an 80 GB card).

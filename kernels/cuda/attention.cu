@@ -34,6 +34,13 @@
  * rows padded by 16 bytes so ldmatrix is free of bank conflicts. In bf16
  * mode two passes (max and sum first, then the rounded probabilities, as
  * above); otherwise one online-softmax pass.
+ *
+ * Paged caches (pio_cuda_attention_paged): the caches are pools [n_blocks,
+ * block, Hkv, D] and key j of slot s is row j % block of pool block
+ * table[s][j / block]. Both paths map each key's row through the table where
+ * they copy K/V rows into shared memory (a tile may straddle blocks of any
+ * size); everything else, the split plan included (made for the table's
+ * max_pos), is the contiguous path's, so the results are the same bits.
  */
 #include <algorithm>
 #include <atomic>
@@ -71,7 +78,17 @@ struct split_args {
     int k_chunks, k_pitch;      /* 16-byte chunks of a K row (Dk padded with zeros), bytes between rows */
     int v_elems, v_chunks;      /* a V row: elements (Dv padded with zeros), 16-byte chunks */
     int nst, stage_bytes, k_off, v_off, s_off;
+    /* Paged: k, v are pools [n_blocks, block, Hkv, D], key j of slot s at row
+     * table[s · table_cols + j / block] · block + j % block (ctx_len is then the
+     * positions a slot may hold: sc's row length). NULL: contiguous. */
+    const int32_t *table;
+    int table_cols, block;
 };
+
+/* The pool row of key j through a slot's row of the block table. */
+static __device__ __forceinline__ int64_t paged_row(const int32_t *tab, int block, int j) {
+    return (int64_t)tab[j / block] * block + j % block;
+}
 
 static __device__ __forceinline__ uint32_t sp_smem(const void *p) {
     return (uint32_t)__cvta_generic_to_shared(p);
@@ -94,10 +111,15 @@ static __device__ __forceinline__ void sp_wait() {
 /* The warp copies 32 rows of a cache into shared memory: row r (r < nk) from
  * element first + r·stride, its D elements then zeros up to `elems`; rows
  * r >= nk all zeros (so that p = 0 never meets a NaN). vec: 16-byte aligned
- * rows of whole chunks, copied by cp.async; else element by element. */
+ * rows of whole chunks, copied by cp.async; else element by element.
+ * paged: row r starts instead at element prow_r · stride + col, prow_r being
+ * lane r's `prow` (each lane resolves one row through the block table, the
+ * others read it by shuffle: every lane runs the loops the same number of
+ * times). */
 static __device__ __forceinline__ void stage_rows(unsigned char *dst, int pitch, const void *base,
                                                   bool bf16, bool vec, int64_t first, int64_t stride,
-                                                  int nk, int D, int elems) {
+                                                  int nk, int D, int elems, bool paged = false,
+                                                  int64_t prow = 0, int64_t col = 0) {
     const int lane = threadIdx.x & 31, esz = bf16 ? 2 : 4;
     if (vec) {
         const int chunks = elems * esz / 16, real = D * esz / 16;
@@ -106,7 +128,13 @@ static __device__ __forceinline__ void stage_rows(unsigned char *dst, int pitch,
         int r = lane / chunks, c = lane % chunks; /* chunk (r, c) of the tile, lane + 32·i */
         for (int i = lane; i < 32 * chunks; i += 32) {
             const bool ok = r < nk && c < real;
-            sp_cp16(dst + r * pitch + 16 * c, ok ? src0 + ((int64_t)r * stride * esz + 16 * c) : src0, ok);
+            if (paged) {
+                const int64_t row = __shfl_sync(0xffffffffu, prow, r);
+                const unsigned char *src = (const unsigned char *)base + (row * stride + col) * esz;
+                sp_cp16(dst + r * pitch + 16 * c, ok ? src + 16 * c : (const unsigned char *)base, ok);
+            } else {
+                sp_cp16(dst + r * pitch + 16 * c, ok ? src0 + ((int64_t)r * stride * esz + 16 * c) : src0, ok);
+            }
             r += dr;
             c += dc;
             if (c >= chunks) c -= chunks, r++;
@@ -116,7 +144,8 @@ static __device__ __forceinline__ void stage_rows(unsigned char *dst, int pitch,
     for (int i = lane; i < 32 * elems; i += 32) {
         const int r = i / elems, e = i % elems;
         const bool ok = r < nk && e < D;
-        const int64_t at = first + (int64_t)r * stride + e;
+        const int64_t at = paged ? __shfl_sync(0xffffffffu, prow, r) * stride + col + e
+                                 : first + (int64_t)r * stride + e;
         if (bf16)
             *(uint16_t *)(dst + r * pitch + 2 * e) = ok ? ((const uint16_t *)base)[at] : (uint16_t)0;
         else
@@ -247,16 +276,22 @@ static __global__ void __launch_bounds__(SP_THREADS) attn_split_kernel(split_arg
     const int nloc = warp < ntile ? (ntile - warp + nw - 1) / nw : 0;
     float *sm_q = (float *)sp_dyn; /* [SP_GB][k_elems] */
     unsigned char *wtiles = sp_dyn + a.q_bytes + (size_t)warp * a.nst * a.stage_bytes;
+    /* Paged: the slot's row of the block table. */
+    const int32_t *tab = a.table ? a.table + (int64_t)a.seq[t] * a.table_cols : NULL;
     auto issue = [&](int i) { /* tile i into stage i mod nst, as one cp.async group */
         if (i < nloc) {
             const int j0 = js + (warp + i * nw) * SP_KT, nk = min(SP_KT, je - j0);
             unsigned char *st = wtiles + (i % a.nst) * a.stage_bytes;
+            /* Paged: this lane's key's pool row (lanes past the tile's keys: its last key's). */
+            const int64_t prow = tab ? paged_row(tab, a.block, j0 + min(lane, nk - 1)) : 0;
             if (use_k)
                 stage_rows(st + a.k_off, a.k_pitch, a.k, a.k_bf16, a.k_vec,
-                           (seq_row + j0) * krow + (int64_t)kvh * a.Dk, krow, nk, a.Dk, k_elems);
+                           (seq_row + j0) * krow + (int64_t)kvh * a.Dk, krow, nk, a.Dk, k_elems,
+                           tab != NULL, prow, (int64_t)kvh * a.Dk);
             if (HAS_V)
                 stage_rows(st + a.v_off, a.v_chunks * 16, a.v, a.v_bf16, a.v_vec,
-                           (seq_row + j0) * vrow + (int64_t)kvh * a.Dv, vrow, nk, a.Dv, a.v_elems);
+                           (seq_row + j0) * vrow + (int64_t)kvh * a.Dv, vrow, nk, a.Dv, a.v_elems,
+                           tab != NULL, prow, (int64_t)kvh * a.Dv);
             if (use_s)
 #pragma unroll
                 for (int g = 0; g < SP_GB; g++) {
@@ -637,6 +672,8 @@ struct mma_args {
     const int32_t *tiles;       /* [n_tiles][4]: first token, tokens, seq, kv_len */
     float scale;
     pio_rows out;               /* [n, H * D] */
+    const int32_t *table;       /* paged (as split_args), else NULL */
+    int table_cols, block;
 };
 
 template <int D>
@@ -672,12 +709,17 @@ static __global__ void __launch_bounds__(MMA_THREADS)
     /* K/V tile loader: 64 rows × D/8 chunks of 16 bytes, zeros past kv_len. */
     const int64_t row_elems = (int64_t)a.Hkv * D;
     const int64_t base = ((int64_t)seq * a.ctx_len) * row_elems + (int64_t)kvh * D;
+    const int32_t *tab = a.table ? a.table + (int64_t)seq * a.table_cols : NULL; /* paged */
     auto load_tile = [&](uint16_t *dst, const uint16_t *src, int kb) {
         constexpr int CH = D / 8;
         for (int c = tid; c < MMA_KEYS * CH; c += MMA_THREADS) {
             const int r = c / CH, ch = c % CH, j = kb * MMA_KEYS + r;
             const bool ok = j < kv_len;
-            cp_async16(dst + r * LD + ch * 8, src + base + (int64_t)(ok ? j : 0) * row_elems + ch * 8, ok);
+            /* Past kv_len nothing is read (zeros): any address in the cache will do. */
+            const int64_t at = !tab ? base + (int64_t)(ok ? j : 0) * row_elems
+                               : ok ? paged_row(tab, a.block, j) * row_elems + (int64_t)kvh * D
+                                    : 0;
+            cp_async16(dst + r * LD + ch * 8, src + at + ch * 8, ok);
         }
     };
 
@@ -904,6 +946,14 @@ static bool mma_fits(const pio_cuda_ctx *ctx, const pio_tensor *q, const pio_ten
 pio_status pio_cuda_attention(pio_cuda_ctx *ctx, const pio_tensor *q, const pio_tensor *cache_k,
                               const pio_tensor *cache_v, const pio_cuda_batch *b, float scale,
                               pio_tensor *out, bool round_bf16, pio_error *err) {
+    return pio_cuda_attention_paged(ctx, q, cache_k, cache_v, b, NULL, scale, out, round_bf16, err);
+}
+
+pio_status pio_cuda_attention_paged(pio_cuda_ctx *ctx, const pio_tensor *q,
+                                    const pio_tensor *cache_k, const pio_tensor *cache_v,
+                                    const pio_cuda_batch *b, const pio_cuda_block_table *table,
+                                    float scale, pio_tensor *out, bool round_bf16,
+                                    pio_error *err) {
     const char *op = "attention";
     pio_status st = pio_cuda_enter(ctx, err);
     if (st) return st;
@@ -936,7 +986,13 @@ pio_status pio_cuda_attention(pio_cuda_ctx *ctx, const pio_tensor *q, const pio_
         return pio_error_set(err, PIO_ERR_INVALID, "%s: q %s has %lld tokens, the batch %d", op,
                              pio_shape_str(q, sq, sizeof sq), (long long)q->shape[0], (int)b->n);
     }
-    if ((st = pio_cuda_batch_check_cache(op, b, cache_k, err))) return st;
+    /* Contiguous: slots and positions within the cache. Paged: within the table,
+     * and every block a token reads present. */
+    if ((st = table ? pio_cuda_batch_check_table(op, b, table, cache_k, true, err)
+                    : pio_cuda_batch_check_cache(op, b, cache_k, err)))
+        return st;
+    /* Keys a slot may hold: what the split plan and the score scratch are made for. */
+    const int64_t ctx_len = table ? table->max_pos : cache_k->shape[1];
     const int64_t n = b->n;
     if (n == 0 || q->shape[1] == 0) return PIO_OK;
     if (n > 2147483647LL)
@@ -968,6 +1024,9 @@ pio_status pio_cuda_attention(pio_cuda_ctx *ctx, const pio_tensor *q, const pio_
         a.tiles = b->d_tiles;
         a.scale = scale;
         a.out = pio_cuda_rows(out);
+        a.table = table ? table->d_table : NULL;
+        a.table_cols = table ? table->cols : 0;
+        a.block = table ? table->block : 0;
         const int64_t D = q->shape[2];
         if (D == 64)
             return round_bf16 ? launch_mma_t<64, true>(ctx, a, b->n_tiles, err)
@@ -987,15 +1046,18 @@ pio_status pio_cuda_attention(pio_cuda_ctx *ctx, const pio_tensor *q, const pio_
     a.v = pio_tensor_data(cache_v);
     a.k_bf16 = cache_k->dtype == PIO_BF16;
     a.v_bf16 = cache_v->dtype == PIO_BF16;
-    a.ctx_len = cache_k->shape[1];
+    a.ctx_len = ctx_len;
     a.seq = b->d_seq;
     a.pos = b->d_pos;
     a.scale = scale;
     a.rnd = round_bf16;
     a.out = pio_cuda_rows(out);
+    a.table = table ? table->d_table : NULL;
+    a.table_cols = table ? table->cols : 0;
+    a.block = table ? table->block : 0;
     /* Splits are planned for the whole context, not this batch's positions:
      * a step captured in a graph is replayed at any position, and a direct
      * run then does the same arithmetic as the replay (and sizes the same
      * scratch, which capture cannot grow). Empty splits cost a few blocks. */
-    return run_split(ctx, a, n, cache_k->shape[1], round_bf16, err);
+    return run_split(ctx, a, n, ctx_len, round_bf16, err);
 }

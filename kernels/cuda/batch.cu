@@ -173,3 +173,154 @@ pio_status pio_cuda_batch_check_cache(const char *op, const pio_cuda_batch *b,
     }
     return PIO_OK;
 }
+
+/* ---- block tables (the paged KV cache) ------------------------------------------ */
+
+pio_cuda_block_table *pio_cuda_block_table_new(pio_cuda_ctx *ctx, int32_t slots, int32_t max_pos,
+                                               int32_t block, int32_t n_blocks, pio_error *err) {
+    if (pio_cuda_enter(ctx, err)) return NULL;
+    if (slots <= 0 || max_pos <= 0 || block <= 0 || n_blocks <= 0) {
+        pio_error_set(err, PIO_ERR_INVALID,
+                      "cuda block table: %d slots, %d positions, blocks of %d, %d blocks: each "
+                      "must be positive", (int)slots, (int)max_pos, (int)block, (int)n_blocks);
+        return NULL;
+    }
+    if (ctx->capturing) {
+        pio_error_set(err, PIO_ERR_INVALID,
+                      "cuda block table: cannot be made while a graph is being captured");
+        return NULL;
+    }
+    const int32_t cols = (int32_t)(((int64_t)max_pos + block - 1) / block);
+    const size_t cells = (size_t)slots * (size_t)cols;
+    pio_cuda_block_table *t = (pio_cuda_block_table *)calloc(1, sizeof *t);
+    int32_t *valid = (int32_t *)calloc((size_t)slots, sizeof *valid);
+    if (!t || !valid) {
+        free(t);
+        free(valid);
+        pio_error_set(err, PIO_ERR_OOM, "out of memory");
+        return NULL;
+    }
+    *t = pio_cuda_block_table{};
+    t->slots = slots, t->cols = cols, t->block = block, t->n_blocks = n_blocks;
+    t->max_pos = max_pos;
+    t->valid = valid;
+    void *host = NULL;
+    cudaError_t e = cudaHostAlloc(&host, cells * sizeof(int32_t), cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+        pio_cuda_fail(err, e, "cudaHostAlloc (block table)");
+        pio_cuda_block_table_free(ctx, t);
+        return NULL;
+    }
+    t->host = (int32_t *)host;
+    for (size_t i = 0; i < cells; i++) t->host[i] = -1;
+    if (!(t->d_table = (int32_t *)pio_cuda_alloc(ctx, cells * sizeof(int32_t), err))) {
+        pio_cuda_block_table_free(ctx, t);
+        return NULL;
+    }
+    cudaEvent_t ev;
+    if ((e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming)) != cudaSuccess) {
+        pio_cuda_fail(err, e, "cudaEventCreate (block table)");
+        pio_cuda_block_table_free(ctx, t);
+        return NULL;
+    }
+    t->uploaded = (void *)ev;
+    /* Every entry absent on the device too, so that nothing reads garbage. */
+    e = cudaMemcpyAsync(t->d_table, t->host, cells * sizeof(int32_t), cudaMemcpyHostToDevice,
+                        ctx->stream);
+    if (e == cudaSuccess) e = cudaEventRecord(ev, ctx->stream);
+    if (e != cudaSuccess) {
+        pio_cuda_fail(err, e, "block table upload");
+        pio_cuda_block_table_free(ctx, t);
+        return NULL;
+    }
+    return t;
+}
+
+void pio_cuda_block_table_free(pio_cuda_ctx *ctx, pio_cuda_block_table *t) {
+    if (!t) return;
+    cudaEvent_t ev = (cudaEvent_t)t->uploaded;
+    if (ev) {
+        cudaEventSynchronize(ev); /* the pinned rows may still be read by the copy */
+        cudaEventDestroy(ev);
+    }
+    pio_cuda_free(ctx, t->d_table);
+    if (t->host) cudaFreeHost(t->host);
+    cudaGetLastError();
+    free(t->valid);
+    free(t);
+}
+
+pio_status pio_cuda_block_table_set(pio_cuda_ctx *ctx, pio_cuda_block_table *t,
+                                    const int32_t *const *rows, const int32_t *lens,
+                                    pio_error *err) {
+    pio_status st = pio_cuda_enter(ctx, err);
+    if (st) return st;
+    if (ctx->capturing)
+        return pio_error_set(err, PIO_ERR_INVALID,
+                             "cuda block table: cannot be set while a graph is being captured");
+    for (int32_t s = 0; s < t->slots; s++)
+        if (lens[s] < 0 || lens[s] > t->cols || (lens[s] > 0 && !rows[s]))
+            return pio_error_set(err, PIO_ERR_RANGE,
+                                 "cuda block table: slot %d has %d blocks for a row of %d", (int)s,
+                                 (int)lens[s], (int)t->cols);
+    /* The pinned copy is what the device holds (or is about to): compare
+     * first, so that a decode step whose slots took no new block uploads
+     * nothing. Reading it while a copy reads it too is fine. */
+    bool same = true;
+    for (int32_t s = 0; s < t->slots && same; s++) {
+        const int32_t *h = t->host + (size_t)s * t->cols;
+        for (int32_t c = 0; c < t->cols && same; c++)
+            same = h[c] == (c < lens[s] ? rows[s][c] : -1);
+    }
+    if (same) return PIO_OK;
+    CU_TRY(cudaEventSynchronize((cudaEvent_t)t->uploaded), "block table upload");
+    for (int32_t s = 0; s < t->slots; s++) {
+        int32_t *h = t->host + (size_t)s * t->cols;
+        int32_t valid = -1;
+        for (int32_t c = 0; c < t->cols; c++) {
+            h[c] = c < lens[s] ? rows[s][c] : -1;
+            if (valid < 0 && (h[c] < 0 || h[c] >= t->n_blocks)) valid = c;
+        }
+        t->valid[s] = valid < 0 ? t->cols : valid;
+    }
+    const size_t bytes = (size_t)t->slots * (size_t)t->cols * sizeof(int32_t);
+    CU_TRY(cudaMemcpyAsync(t->d_table, t->host, bytes, cudaMemcpyHostToDevice, ctx->stream),
+           "block table upload");
+    CU_TRY(cudaEventRecord((cudaEvent_t)t->uploaded, ctx->stream), "block table upload");
+    return PIO_OK;
+}
+
+pio_status pio_cuda_batch_check_table(const char *op, const pio_cuda_batch *b,
+                                      const pio_cuda_block_table *t, const pio_tensor *cache,
+                                      bool whole, pio_error *err) {
+    if (!b) return pio_error_set(err, PIO_ERR_INVALID, "%s: the batch is missing", op);
+    char s[PIO_SHAPE_BUF];
+    if (cache->ndim != 4 || cache->shape[0] != t->n_blocks || cache->shape[1] != t->block)
+        return pio_error_set(err, PIO_ERR_INVALID,
+                             "%s: cache %s is not a pool of %d blocks of %d positions "
+                             "[n_blocks, block, kv_heads, head_dim] as the block table says",
+                             op, pio_shape_str(cache, s, sizeof s), (int)t->n_blocks,
+                             (int)t->block);
+    for (int32_t i = 0; i < b->n; i++) {
+        const int32_t seq = b->seq[i], pos = b->pos[i];
+        if (seq >= t->slots)
+            return pio_error_set(err, PIO_ERR_RANGE,
+                                 "%s: token %d: sequence slot %d is out of range for %d slots", op,
+                                 (int)i, (int)seq, (int)t->slots);
+        if (pos >= t->max_pos)
+            return pio_error_set(err, PIO_ERR_RANGE,
+                                 "%s: token %d: position %d is out of range for a context of %d",
+                                 op, (int)i, (int)pos, (int)t->max_pos);
+        /* Written: the position's own block; read (whole): every block up to it. */
+        const int32_t lb = pos / t->block, at = t->host[(size_t)seq * t->cols + lb];
+        if (whole && lb >= t->valid[seq])
+            return pio_error_set(err, PIO_ERR_RANGE,
+                                 "%s: token %d: the table of slot %d lacks a block for positions "
+                                 "0..%d", op, (int)i, (int)seq, (int)pos);
+        if (!whole && (at < 0 || at >= t->n_blocks))
+            return pio_error_set(err, PIO_ERR_RANGE,
+                                 "%s: token %d: slot %d has no block for position %d in its table",
+                                 op, (int)i, (int)seq, (int)pos);
+    }
+    return PIO_OK;
+}

@@ -700,6 +700,37 @@ pio_status pio_cuda_copy(pio_cuda_ctx *ctx, pio_tensor *dst, const pio_tensor *s
     return PIO_OK;
 }
 
+pio_status pio_cuda_copy_2d(pio_cuda_ctx *ctx, void *dst, size_t dpitch, const void *src,
+                            size_t spitch, size_t width, size_t height, pio_error *err) {
+    pio_status st = pio_cuda_enter(ctx, err);
+    if (st) return st;
+    if (width == 0 || height == 0) return PIO_OK;
+    if (!dst || !src || dpitch < width || spitch < width)
+        return pio_error_set(err, PIO_ERR_INVALID,
+                             "copy_2d: rows of %zu bytes need pitches >= that (dst %zu, src %zu) "
+                             "and both addresses", width, dpitch, spitch);
+    /* cudaMemcpyDefault: unified addressing tells host from device memory. */
+    CU_TRY(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, cudaMemcpyDefault,
+                             ctx->stream),
+           "copy_2d");
+    return PIO_OK;
+}
+
+void *pio_cuda_host_alloc(size_t bytes, pio_error *err) {
+    void *p = NULL;
+    cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+        pio_cuda_fail(err, e, "cudaHostAlloc");
+        return NULL;
+    }
+    return p;
+}
+
+void pio_cuda_host_free(void *p) {
+    if (p) cudaFreeHost(p);
+    cudaGetLastError();
+}
+
 /* ---- random fill ----------------------------------------------------------------- */
 
 static __device__ __forceinline__ uint64_t splitmix64(uint64_t x) {

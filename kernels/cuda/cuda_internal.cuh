@@ -114,6 +114,12 @@ pio_status pio_cuda_batch_plan(pio_cuda_ctx *ctx, const pio_cuda_batch *b, int32
 /* Checks the batch's seq/pos against a cache [slots, ctx, ...]. */
 pio_status pio_cuda_batch_check_cache(const char *op, const pio_cuda_batch *b,
                                       const pio_tensor *cache, pio_error *err);
+/* Checks the batch's seq/pos against a block table and its pool cache
+ * [n_blocks, block, ...]: slots and positions in range, and each token's block
+ * present (whole: every block up to the token's, as attention reads them). */
+pio_status pio_cuda_batch_check_table(const char *op, const pio_cuda_batch *b,
+                                      const pio_cuda_block_table *t, const pio_tensor *cache,
+                                      bool whole, pio_error *err);
 
 /* ---- device helpers ----------------------------------------------------- */
 

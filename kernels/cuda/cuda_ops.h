@@ -136,6 +136,16 @@ pio_status pio_cuda_copy_to_host(pio_cuda_ctx *ctx, pio_tensor *dst, const pio_t
 /* device → device, same shape and dtype, both contiguous (a cudaMemcpyAsync). */
 pio_status pio_cuda_copy(pio_cuda_ctx *ctx, pio_tensor *dst, const pio_tensor *src,
                          pio_error *err);
+/* Copies `height` rows of `width` bytes, row r from src + r·spitch to dst +
+ * r·dpitch, between any two of device memory and host memory (a
+ * cudaMemcpy2DAsync on the context's stream, direction from the addresses).
+ * Returns once enqueued (pageable host memory may make it wait); pio_cuda_sync
+ * before reading a host destination or reusing a host source. */
+pio_status pio_cuda_copy_2d(pio_cuda_ctx *ctx, void *dst, size_t dpitch, const void *src,
+                            size_t spitch, size_t width, size_t height, pio_error *err);
+/* Page-locked host memory (fast, asynchronous copies), and its release. */
+void *pio_cuda_host_alloc(size_t bytes, pio_error *err);
+void pio_cuda_host_free(void *p);
 /* Fills a device tensor (f32|bf16) with uniform random values in [-scale, scale)
  * from a counter-based hash of (seed, index): the same seed gives the same
  * values on every device and launch shape. For synthetic weights and benchmarks. */
@@ -169,6 +179,32 @@ void pio_cuda_batch_free(pio_cuda_ctx *ctx, pio_cuda_batch *b);
  * set the batch, then launch the graph that reads it. */
 pio_status pio_cuda_batch_set(pio_cuda_ctx *ctx, pio_cuda_batch *b, const int32_t *ids,
                               const int32_t *seq, const int32_t *pos, int32_t n, pio_error *err);
+
+/* ---- block tables: the paged KV cache ------------------------------------------
+ * A paged cache is a pool of blocks per layer, K and V each [n_blocks, block,
+ * kv_heads, head_dim]; slot s keeps position p in row p % block of pool block
+ * table[s][p / block]. The table lives at one device address for the life of
+ * the object, so a captured graph that reads it stays valid when the contents
+ * change between replays; set enqueues the upload of new contents (before the
+ * launch that reads them), as pio_cuda_batch_set does for the batch. */
+typedef struct pio_cuda_block_table {
+    int32_t slots, cols;      /* [slots, cols]: cols = ceil(max_pos / block) */
+    int32_t block, n_blocks;  /* positions per block; blocks in each layer's pool */
+    int32_t max_pos;          /* positions a slot may hold (splits are planned for it) */
+    int32_t *host, *d_table;  /* [slots, cols] pinned host and device copies; -1: absent */
+    int32_t *valid;           /* [slots] host: leading entries of the row in [0, n_blocks) */
+    void *uploaded;           /* a cudaEvent_t: host may be rewritten once it fired */
+} pio_cuda_block_table;
+
+pio_cuda_block_table *pio_cuda_block_table_new(pio_cuda_ctx *ctx, int32_t slots, int32_t max_pos,
+                                               int32_t block, int32_t n_blocks, pio_error *err);
+void pio_cuda_block_table_free(pio_cuda_ctx *ctx, pio_cuda_block_table *t);
+/* Row s of the table ← rows[s][0 .. lens[s]) followed by -1 (lens[s] <= cols),
+ * for every slot; enqueues the upload when anything changed since the last
+ * one. Refused during graph capture (set, then launch). */
+pio_status pio_cuda_block_table_set(pio_cuda_ctx *ctx, pio_cuda_block_table *t,
+                                    const int32_t *const *rows, const int32_t *lens,
+                                    pio_error *err);
 
 /* ---- ops (cpu_ops.h, one for one) ------------------------------------------ */
 
@@ -226,6 +262,13 @@ pio_status pio_cuda_round_bf16(pio_cuda_ctx *ctx, pio_tensor *x, pio_error *err)
 pio_status pio_cuda_kv_write(pio_cuda_ctx *ctx, const pio_tensor *k, const pio_tensor *v,
                              pio_tensor *cache_k, pio_tensor *cache_v, const pio_cuda_batch *b,
                              pio_error *err);
+/* The same into a paged cache: caches [n_blocks, block, kv_heads, head_dim] (the
+ * table's), position p of slot s at row p % block of block table[s][p / block],
+ * which must be present (PIO_ERR_RANGE naming the token otherwise). */
+pio_status pio_cuda_kv_write_paged(pio_cuda_ctx *ctx, const pio_tensor *k, const pio_tensor *v,
+                                   pio_tensor *cache_k, pio_tensor *cache_v,
+                                   const pio_cuda_batch *b, const pio_cuda_block_table *table,
+                                   pio_error *err);
 
 /* Causal GQA attention over the cache (pio_cpu_attention): q [n, heads, dk],
  * out [n, heads, dv], token t attends cache[seq[t], 0..pos[t]]. Paths
@@ -243,6 +286,16 @@ pio_status pio_cuda_kv_write(pio_cuda_ctx *ctx, const pio_tensor *k, const pio_t
 pio_status pio_cuda_attention(pio_cuda_ctx *ctx, const pio_tensor *q, const pio_tensor *cache_k,
                               const pio_tensor *cache_v, const pio_cuda_batch *b, float scale,
                               pio_tensor *out, bool round_bf16, pio_error *err);
+/* The same over a paged cache (caches [n_blocks, block, kv_heads, head_dim], the
+ * table's geometry): key j of token t is row j % block of block table[seq][j / block];
+ * blocks 0 .. pos[t] / block must be present. Same paths, same arithmetic: the
+ * result equals pio_cuda_attention's on a contiguous cache of max_pos positions
+ * holding the same keys, bit for bit. table NULL: pio_cuda_attention. */
+pio_status pio_cuda_attention_paged(pio_cuda_ctx *ctx, const pio_tensor *q,
+                                    const pio_tensor *cache_k, const pio_tensor *cache_v,
+                                    const pio_cuda_batch *b, const pio_cuda_block_table *table,
+                                    float scale, pio_tensor *out, bool round_bf16,
+                                    pio_error *err);
 
 /* ---- fused ops ----------------------------------------------------------- */
 
@@ -260,9 +313,11 @@ typedef struct pio_cuda_qkv_args {
     float eps;
     const pio_tensor *inv_freq;       /* device f32 [>= rot_dim/2] or NULL */
     int rot_dim;                      /* even, <= head_dim */
-    pio_tensor *cache_k, *cache_v;    /* [slots, ctx, kv_heads, head_dim] f32|bf16 */
+    pio_tensor *cache_k, *cache_v;    /* [slots, ctx, kv_heads, head_dim] f32|bf16, or with
+                                         table [n_blocks, block, kv_heads, head_dim] */
     const pio_cuda_batch *batch;
     bool round_bf16;
+    const pio_cuda_block_table *table; /* NULL: contiguous caches; else paged (kv_write_paged) */
 } pio_cuda_qkv_args;
 
 pio_status pio_cuda_qk_norm_rope_kv(pio_cuda_ctx *ctx, const pio_cuda_qkv_args *a,

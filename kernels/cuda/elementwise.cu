@@ -145,10 +145,13 @@ struct head_args {
     float eps;
     const float *inv_freq;
     int rot;             /* 0: no RoPE */
-    void *ck, *cv;       /* caches [slots, ctx, kv_heads, D]; NULL: k written in place */
+    void *ck, *cv;       /* caches [slots, ctx, kv_heads, D] or, with table, pools
+                            [n_blocks, block, kv_heads, D]; NULL: k written in place */
     bool ck_bf16, cv_bf16;
-    int64_t ctx_len;
+    int64_t ctx_len;     /* positions per slot, or per block (table) */
     int kv_heads;
+    const int32_t *table; /* paged: [slots, table_cols] pool block of each logical block */
+    int table_cols;
     const int32_t *seq, *pos;
     bool rnd;
 };
@@ -208,7 +211,13 @@ static __global__ void head_kernel(head_args a) {
         return;
     }
     void *cache = kind == 1 ? a.ck : a.cv;
-    const int64_t at = (((int64_t)a.seq[t] * a.ctx_len + a.pos[t]) * a.kv_heads + h) * D + j;
+    /* The position's row: slot-major, or row pos % block of its pool block. */
+    const int64_t p = a.pos[t];
+    const int64_t row =
+        a.table ? (int64_t)a.table[(int64_t)a.seq[t] * a.table_cols + p / a.ctx_len] * a.ctx_len +
+                      p % a.ctx_len
+                : (int64_t)a.seq[t] * a.ctx_len + p;
+    const int64_t at = (row * a.kv_heads + h) * D + j;
     store_act(cache, at, kind == 1 ? a.ck_bf16 : a.cv_bf16, x);
 }
 
@@ -325,9 +334,36 @@ pio_status pio_cuda_rope(pio_cuda_ctx *ctx, pio_tensor *x, const pio_cuda_batch 
     return launch_heads(ctx, a, x->shape[0], op, err);
 }
 
+/* The positions a batch writes: in range of the caches, or (paged) of the table. */
+static pio_status check_written(const char *op, const pio_cuda_batch *b,
+                                const pio_cuda_block_table *table, const pio_tensor *cache_k,
+                                pio_error *err) {
+    if (!table) return pio_cuda_batch_check_cache(op, b, cache_k, err);
+    return pio_cuda_batch_check_table(op, b, table, cache_k, false, err);
+}
+
+static void set_cache_rows(head_args &a, const pio_tensor *cache_k, const pio_tensor *cache_v,
+                           const pio_cuda_block_table *table) {
+    a.ck = pio_tensor_data(cache_k);
+    a.cv = pio_tensor_data(cache_v);
+    a.ck_bf16 = cache_k->dtype == PIO_BF16;
+    a.cv_bf16 = cache_v->dtype == PIO_BF16;
+    a.ctx_len = cache_k->shape[1]; /* paged: the block size (checked against the table) */
+    a.kv_heads = (int)cache_k->shape[2];
+    a.table = table ? table->d_table : NULL;
+    a.table_cols = table ? table->cols : 0;
+}
+
 pio_status pio_cuda_kv_write(pio_cuda_ctx *ctx, const pio_tensor *k, const pio_tensor *v,
                              pio_tensor *cache_k, pio_tensor *cache_v, const pio_cuda_batch *b,
                              pio_error *err) {
+    return pio_cuda_kv_write_paged(ctx, k, v, cache_k, cache_v, b, NULL, err);
+}
+
+pio_status pio_cuda_kv_write_paged(pio_cuda_ctx *ctx, const pio_tensor *k, const pio_tensor *v,
+                                   pio_tensor *cache_k, pio_tensor *cache_v,
+                                   const pio_cuda_batch *b, const pio_cuda_block_table *table,
+                                   pio_error *err) {
     const char *op = "kv_write";
     pio_status st = pio_cuda_enter(ctx, err);
     if (st) return st;
@@ -347,18 +383,13 @@ pio_status pio_cuda_kv_write(pio_cuda_ctx *ctx, const pio_tensor *k, const pio_t
     if (k->shape[2] > 1024)
         return pio_error_set(err, PIO_ERR_UNSUPPORTED, "%s: head_dim above 1024", op);
     if (!check_batch_n(op, k, b, err)) return PIO_ERR_INVALID;
-    if ((st = pio_cuda_batch_check_cache(op, b, cache_k, err))) return st;
+    if ((st = check_written(op, b, table, cache_k, err))) return st;
     head_args a = {};
     a.k = pio_cuda_rows(k);
     a.v = pio_cuda_rows(v);
     a.nk = a.nv = (int)k->shape[1];
     a.D = (int)k->shape[2];
-    a.ck = pio_tensor_data(cache_k);
-    a.cv = pio_tensor_data(cache_v);
-    a.ck_bf16 = cache_k->dtype == PIO_BF16;
-    a.cv_bf16 = cache_v->dtype == PIO_BF16;
-    a.ctx_len = cache_k->shape[1];
-    a.kv_heads = (int)cache_k->shape[2];
+    set_cache_rows(a, cache_k, cache_v, table);
     a.seq = b->d_seq;
     a.pos = b->d_pos;
     return launch_heads(ctx, a, k->shape[0], op, err);
@@ -393,7 +424,7 @@ pio_status pio_cuda_qk_norm_rope_kv(pio_cuda_ctx *ctx, const pio_cuda_qkv_args *
         !check_rope(op, q, in->inv_freq, in->rot_dim, err) ||
         !check_batch_n(op, q, in->batch, err))
         return err ? err->status : PIO_ERR_INVALID;
-    if ((st = pio_cuda_batch_check_cache(op, in->batch, in->cache_k, err))) return st;
+    if ((st = check_written(op, in->batch, in->table, in->cache_k, err))) return st;
     head_args a = {};
     a.q = pio_cuda_rows(q);
     a.k = pio_cuda_rows(k);
@@ -408,12 +439,7 @@ pio_status pio_cuda_qk_norm_rope_kv(pio_cuda_ctx *ctx, const pio_cuda_qkv_args *
     a.eps = in->eps;
     a.inv_freq = in->inv_freq ? (const float *)pio_tensor_data(in->inv_freq) : NULL;
     a.rot = in->inv_freq ? in->rot_dim : 0;
-    a.ck = pio_tensor_data(in->cache_k);
-    a.cv = pio_tensor_data(in->cache_v);
-    a.ck_bf16 = in->cache_k->dtype == PIO_BF16;
-    a.cv_bf16 = in->cache_v->dtype == PIO_BF16;
-    a.ctx_len = in->cache_k->shape[1];
-    a.kv_heads = (int)in->cache_k->shape[2];
+    set_cache_rows(a, in->cache_k, in->cache_v, in->table);
     a.seq = in->batch->d_seq;
     a.pos = in->batch->d_pos;
     a.rnd = in->round_bf16;

@@ -96,9 +96,10 @@ pio_status pio_model_kv_bytes(const pio_model *m, const pio_kv_config *cfg, size
 /* Reallocates the cache for cfg. Bad values are PIO_ERR_INVALID naming them,
  * and so is a call while any slot holds positions (free them first); out of
  * memory (PIO_ERR_OOM) leaves the old cache in place. Every cached prefix is
- * dropped and the counters restart. Only the CPU runs the paged layout, int8
- * and windowed attention so far: on another device they are
- * PIO_ERR_UNSUPPORTED. */
+ * dropped and the counters restart. On CUDA the cache is contiguous or paged
+ * (prefix caching included) in the model's dtype with full attention; int8,
+ * a dtype other than the model's, and sliding/sink attention run on the CPU
+ * only so far: on another device they are PIO_ERR_UNSUPPORTED. */
 pio_status pio_model_kv_configure(pio_model *m, const pio_kv_config *cfg, pio_error *err);
 
 /* Whether cfg is the loader's default cache for this model: contiguous, full
