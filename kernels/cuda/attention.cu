@@ -251,7 +251,9 @@ static __device__ __forceinline__ float weight_of(float m, float M) {
     return m == -INFINITY ? 0.0f : expf(m - M);
 }
 
-template <int DPL, int MODE>
+/* PAGED: K/V rows through the block table; a template argument so that the
+ * contiguous kernel carries none of its address arithmetic. */
+template <int DPL, int MODE, bool PAGED>
 static __global__ void __launch_bounds__(SP_THREADS) attn_split_kernel(split_args a) {
     pio_wait_prior();
     extern __shared__ __align__(16) unsigned char sp_dyn[]; /* q, the warps' tiles; at the end, o */
@@ -277,21 +279,21 @@ static __global__ void __launch_bounds__(SP_THREADS) attn_split_kernel(split_arg
     float *sm_q = (float *)sp_dyn; /* [SP_GB][k_elems] */
     unsigned char *wtiles = sp_dyn + a.q_bytes + (size_t)warp * a.nst * a.stage_bytes;
     /* Paged: the slot's row of the block table. */
-    const int32_t *tab = a.table ? a.table + (int64_t)a.seq[t] * a.table_cols : NULL;
+    const int32_t *tab = PAGED ? a.table + (int64_t)a.seq[t] * a.table_cols : NULL;
     auto issue = [&](int i) { /* tile i into stage i mod nst, as one cp.async group */
         if (i < nloc) {
             const int j0 = js + (warp + i * nw) * SP_KT, nk = min(SP_KT, je - j0);
             unsigned char *st = wtiles + (i % a.nst) * a.stage_bytes;
             /* Paged: this lane's key's pool row (lanes past the tile's keys: its last key's). */
-            const int64_t prow = tab ? paged_row(tab, a.block, j0 + min(lane, nk - 1)) : 0;
+            const int64_t prow = PAGED ? paged_row(tab, a.block, j0 + min(lane, nk - 1)) : 0;
             if (use_k)
                 stage_rows(st + a.k_off, a.k_pitch, a.k, a.k_bf16, a.k_vec,
                            (seq_row + j0) * krow + (int64_t)kvh * a.Dk, krow, nk, a.Dk, k_elems,
-                           tab != NULL, prow, (int64_t)kvh * a.Dk);
+                           PAGED, prow, (int64_t)kvh * a.Dk);
             if (HAS_V)
                 stage_rows(st + a.v_off, a.v_chunks * 16, a.v, a.v_bf16, a.v_vec,
                            (seq_row + j0) * vrow + (int64_t)kvh * a.Dv, vrow, nk, a.Dv, a.v_elems,
-                           tab != NULL, prow, (int64_t)kvh * a.Dv);
+                           PAGED, prow, (int64_t)kvh * a.Dv);
             if (use_s)
 #pragma unroll
                 for (int g = 0; g < SP_GB; g++) {
@@ -492,15 +494,21 @@ typedef void (*split_kernel_fn)(split_args);
 /* Whether a split kernel (DPL 2/4/8 × mode) may use more than 48 KiB of
  * dynamic shared memory on a device: raised once, not at every launch. */
 enum { SP_DEVICES = 16 };
-static std::atomic<bool> sp_smem_raised[3][3][SP_DEVICES];
+static std::atomic<bool> sp_smem_raised[3][3][2][SP_DEVICES];
 
-template <int DPL>
+template <int DPL, bool PAGED>
 static split_kernel_fn split_kernel(int mode) {
     switch (mode) {
-    case MODE_FLASH: return attn_split_kernel<DPL, MODE_FLASH>;
-    case MODE_STATS: return attn_split_kernel<DPL, MODE_STATS>;
-    default: return attn_split_kernel<DPL, MODE_ROUND>;
+    case MODE_FLASH: return attn_split_kernel<DPL, MODE_FLASH, PAGED>;
+    case MODE_STATS: return attn_split_kernel<DPL, MODE_STATS, PAGED>;
+    default: return attn_split_kernel<DPL, MODE_ROUND, PAGED>;
     }
+}
+
+template <bool PAGED>
+static split_kernel_fn split_kernel_for(int dpl, int mode) {
+    return dpl == 2 ? split_kernel<2, PAGED>(mode) : dpl == 4 ? split_kernel<4, PAGED>(mode)
+                                                              : split_kernel<8, PAGED>(mode);
 }
 
 static bool aligned(const void *p, size_t n) { return ((uintptr_t)p % n) == 0; }
@@ -579,14 +587,14 @@ static pio_status run_split(pio_cuda_ctx *ctx, split_args a, int64_t n, int64_t 
             return pio_error_set(err, PIO_ERR_UNSUPPORTED,
                                  "attention: %zu bytes of shared memory per block, the device has %zu",
                                  smem, ctx->info.smem_optin);
-        const split_kernel_fn k = dpl == 2 ? split_kernel<2>(mode) : dpl == 4 ? split_kernel<4>(mode)
-                                                                              : split_kernel<8>(mode);
+        const bool paged = a.table != NULL;
+        const split_kernel_fn k = paged ? split_kernel_for<true>(dpl, mode) : split_kernel_for<false>(dpl, mode);
         /* Above 48 KiB a kernel must be allowed more (all the device has: the
          * limit costs nothing); not while capturing, where the uncaptured run
          * before the capture has done it. */
         if (smem > 48 * 1024) {
             std::atomic<bool> *raised = ctx->device >= 0 && ctx->device < SP_DEVICES
-                                            ? &sp_smem_raised[dpl / 4][mode][ctx->device]
+                                            ? &sp_smem_raised[dpl / 4][mode][paged][ctx->device]
                                             : NULL;
             if (!raised || !raised->load()) {
                 if (ctx->capturing)
@@ -682,7 +690,7 @@ static constexpr size_t mma_smem_bytes() {
 }
 
 /* ROUND: bf16 mode, two passes; else one online-softmax pass. */
-template <int D, bool ROUND>
+template <int D, bool ROUND, bool PAGED> /* PAGED: as the split kernel's */
 static __global__ void __launch_bounds__(MMA_THREADS)
     attn_mma_kernel(mma_args a) {
     constexpr int LD = D + MMA_PAD; /* shared row length in elements */
@@ -709,16 +717,16 @@ static __global__ void __launch_bounds__(MMA_THREADS)
     /* K/V tile loader: 64 rows × D/8 chunks of 16 bytes, zeros past kv_len. */
     const int64_t row_elems = (int64_t)a.Hkv * D;
     const int64_t base = ((int64_t)seq * a.ctx_len) * row_elems + (int64_t)kvh * D;
-    const int32_t *tab = a.table ? a.table + (int64_t)seq * a.table_cols : NULL; /* paged */
+    const int32_t *tab = PAGED ? a.table + (int64_t)seq * a.table_cols : NULL;
     auto load_tile = [&](uint16_t *dst, const uint16_t *src, int kb) {
         constexpr int CH = D / 8;
         for (int c = tid; c < MMA_KEYS * CH; c += MMA_THREADS) {
             const int r = c / CH, ch = c % CH, j = kb * MMA_KEYS + r;
             const bool ok = j < kv_len;
             /* Past kv_len nothing is read (zeros): any address in the cache will do. */
-            const int64_t at = !tab ? base + (int64_t)(ok ? j : 0) * row_elems
-                               : ok ? paged_row(tab, a.block, j) * row_elems + (int64_t)kvh * D
-                                    : 0;
+            const int64_t at = !PAGED ? base + (int64_t)(ok ? j : 0) * row_elems
+                               : ok   ? paged_row(tab, a.block, j) * row_elems + (int64_t)kvh * D
+                                      : 0;
             cp_async16(dst + r * LD + ch * 8, src + at + ch * 8, ok);
         }
     };
@@ -918,14 +926,21 @@ static __global__ void __launch_bounds__(MMA_THREADS)
     }
 }
 
+template <int D, bool ROUND, bool PAGED>
+static pio_status launch_mma_p(pio_cuda_ctx *ctx, const mma_args &a, int n_tiles, pio_error *err) {
+    constexpr size_t smem = mma_smem_bytes<D>();
+    CU_TRY(cudaFuncSetAttribute(attn_mma_kernel<D, ROUND, PAGED>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+           "attention (shared memory limit)");
+    attn_mma_kernel<D, ROUND, PAGED>
+        <<<dim3((unsigned)n_tiles, (unsigned)a.Hkv), MMA_THREADS, smem, ctx->stream>>>(a);
+    return pio_cuda_launched(err, "attention (tensor cores)");
+}
+
 template <int D, bool ROUND>
 static pio_status launch_mma_t(pio_cuda_ctx *ctx, const mma_args &a, int n_tiles, pio_error *err) {
-    constexpr size_t smem = mma_smem_bytes<D>();
-    CU_TRY(cudaFuncSetAttribute(attn_mma_kernel<D, ROUND>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)smem),
-           "attention (shared memory limit)");
-    attn_mma_kernel<D, ROUND><<<dim3((unsigned)n_tiles, (unsigned)a.Hkv), MMA_THREADS, smem, ctx->stream>>>(a);
-    return pio_cuda_launched(err, "attention (tensor cores)");
+    return a.table ? launch_mma_p<D, ROUND, true>(ctx, a, n_tiles, err)
+                   : launch_mma_p<D, ROUND, false>(ctx, a, n_tiles, err);
 }
 
 /* Whether the tensor-core kernel can run this problem. */
