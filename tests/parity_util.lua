@@ -161,4 +161,26 @@ function M.bf16_top1(name, ref, vocab, model16, expected)
     return worst, big
 end
 
+-- The scheduler over a paged pool too small for every prompt at once, once per
+-- preemption mode: each prompt's text must equal want[i] (the prompt run alone) and the
+-- pool must be empty after each run. opts: the scheduler's options (max_tokens, ...).
+-- Returns the scheduler's stats per mode ("recompute", "swap").
+function M.preemption_runs(m, prompts, gen, want, opts)
+  local pio = require "pio"
+  local stats = {}
+  for _, mode in ipairs { "recompute", "swap" } do
+    local o = { preempt = mode }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    local s = pio.scheduler(m, o)
+    local hs = {}
+    for i, p in ipairs(prompts) do hs[i] = s:submit(p, gen) end
+    s:run()
+    for i, h in ipairs(hs) do assert.equal(want[i], h:text(), mode .. ": prompt " .. i) end
+    stats[mode] = s:stats()
+    s:close()
+    assert.equal(0, m:kv_stats().blocks_used)
+  end
+  return stats
+end
+
 return M

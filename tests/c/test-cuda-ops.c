@@ -28,75 +28,10 @@ static pio_cuda_ctx *ctx;
 static pio_threadpool *pool;
 static bool quick; /* PIO_CUDA_TEST_QUICK=1: fewer sizes (for compute-sanitizer runs) */
 
-/* ---- helpers -------------------------------------------------------------- */
+/* ---- helpers (tests/c/cuda_test_util.h, over ctx and rng) --------------------- */
 
 static uint64_t rng = 0x243f6a8885a308d3ull;
-static float frand(void) { /* uniform [-1, 1) */
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-static int irand(int n) { return (int)((frand() * 0.5f + 0.5f) * (float)n) % n; }
-
-static void die(const char *what, const pio_error *err) {
-    fprintf(stderr, "%s: %s\n", what, err->msg);
-    exit(2);
-}
-
-static pio_tensor *host(pio_dtype dt, int ndim, const int64_t *shape) {
-    pio_error err = {0};
-    pio_tensor *t = pio_tensor_new(dt, ndim, shape, &err);
-    if (!t) die("host tensor", &err);
-    return t;
-}
-
-/* Host f32 tensor of random values × scale, rounded to bf16 values if asked. */
-static pio_tensor *hrand(int ndim, const int64_t *shape, float scale, bool bf16_values) {
-    pio_tensor *t = host(PIO_F32, ndim, shape);
-    float *p = pio_tensor_data(t);
-    for (int64_t i = 0; i < pio_tensor_numel(t); i++) {
-        p[i] = frand() * scale;
-        if (bf16_values) p[i] = pio_round_bf16(p[i]);
-    }
-    return t;
-}
-
-static pio_tensor *dev(const pio_tensor *h, pio_dtype dt) {
-    pio_error err = {0};
-    pio_tensor *t = pio_cuda_upload(ctx, h, dt, &err);
-    if (!t) die("upload", &err);
-    return t;
-}
-
-/* A device tensor filled with NaN: elements a kernel forgets stay NaN. */
-static pio_tensor *dpoison(pio_dtype dt, int ndim, const int64_t *shape) {
-    pio_tensor *h = host(PIO_F32, ndim, shape);
-    float *p = pio_tensor_data(h);
-    for (int64_t i = 0; i < pio_tensor_numel(h); i++) p[i] = NAN;
-    pio_tensor *d = dev(h, dt);
-    pio_tensor_free(h);
-    return d;
-}
-
-/* Device tensor → new host f32 tensor (synchronises). */
-static pio_tensor *down(const pio_tensor *d) {
-    pio_error err = {0};
-    pio_tensor *h = host(PIO_F32, d->ndim, d->shape);
-    if (pio_cuda_copy_to_host(ctx, h, d, &err) != PIO_OK) die("download", &err);
-    return h;
-}
-
-static void dfree(pio_tensor *t) { pio_cuda_tensor_free(ctx, t); }
-
-#define SHAPE(...) ((const int64_t[]){__VA_ARGS__})
-#define NDIM(...) ((int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)))
-#define H(...) host(PIO_F32, NDIM(__VA_ARGS__), SHAPE(__VA_ARGS__))
-#define HR(scale, bf, ...) hrand(NDIM(__VA_ARGS__), SHAPE(__VA_ARGS__), scale, bf)
-#define DP(dt, ...) dpoison(dt, NDIM(__VA_ARGS__), SHAPE(__VA_ARGS__))
-
-static float *fp(const pio_tensor *t) { return pio_tensor_data(t); }
-static const char *dtn(pio_dtype dt) { return pio_dtype_info(dt)->name; }
+#include "cuda_test_util.h"
 
 /* Compares got with want element by element: |d| <= tight passes; up to
  * `loose` counts as "off" (allowed for a small share); beyond is bad. NaN in

@@ -10,6 +10,7 @@
 -- reason; what the strategy table says about cuda is checked everywhere.
 local pio = require "pio"
 local S = pio.strategy
+local U = loadfile("tests/parity_util.lua", "t", _ENV)()
 
 local FIXTURES = os.getenv("PIO_FIXTURES") or "tests/fixtures"
 local VERBOSE = os.getenv("PIO_VERBOSE") ~= nil
@@ -200,17 +201,7 @@ describe("paged KV on cuda: configuring, the scheduler, checkpoints #gpu #qwen3"
     m:seq_free(0)
     -- 12 blocks of 4 positions: not enough for four sequences of up to ~40 positions.
     m:kv_configure { layout = "paged", block = 4, blocks = 12 }
-    local stats = {}
-    for _, mode in ipairs { "recompute", "swap" } do
-      local s = pio.scheduler(m, { max_tokens = 16, max_batch = 4, preempt = mode })
-      local hs = {}
-      for i, p in ipairs(PROMPTS) do hs[i] = s:submit(p, STEPS) end
-      s:run()
-      for i, h in ipairs(hs) do assert.equal(want[i], h:text(), mode .. ": prompt " .. i) end
-      stats[mode] = s:stats()
-      s:close()
-      assert.equal(0, m:kv_stats().blocks_used)
-    end
+    local stats = U.preemption_runs(m, PROMPTS, STEPS, want, { max_tokens = 16, max_batch = 4 })
     local rc, sw = stats.recompute, stats.swap
     assert.is_true(rc.preemptions > 0 and sw.preemptions > 0)
     assert.is_true(sw.swaps_out > 0 and sw.swaps_in == sw.swaps_out)

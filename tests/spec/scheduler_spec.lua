@@ -2,6 +2,7 @@
 -- sequence what it gets alone, streams in order, cancels, survives bad input
 -- and failing callbacks, preempts when the KV pool runs out (recompute or swap).
 local pio = require "pio"
+local U = loadfile("tests/parity_util.lua", "t", _ENV)()
 
 local fixtures = os.getenv("PIO_FIXTURES") or "tests/fixtures"
 local tiny = fixtures .. "/qwen3-gqa2"
@@ -186,17 +187,7 @@ describe("pio.scheduler #qwen3", function()
     for i, p in ipairs(PROMPTS) do want[i] = alone(m, p) end
     m:seq_free(0) -- what model:generate left in slot 0
     m:kv_configure { layout = "paged", block = 4, blocks = 12 }
-    local stats = {}
-    for _, mode in ipairs { "recompute", "swap" } do
-      local s = pio.scheduler(m, { max_tokens = 16, preempt = mode })
-      local hs = {}
-      for i, p in ipairs(PROMPTS) do hs[i] = s:submit(p, GREEDY) end
-      s:run()
-      for i, h in ipairs(hs) do assert.equal(want[i], h:text(), mode .. ": prompt " .. i) end
-      stats[mode] = s:stats()
-      s:close()
-      assert.equal(0, m:kv_stats().blocks_used)
-    end
+    local stats = U.preemption_runs(m, PROMPTS, GREEDY, want, { max_tokens = 16 })
     local rc, sw = stats.recompute, stats.swap
     assert.is_true(rc.preemptions > 0 and sw.preemptions > 0)
     assert.same({ 0, 0, 0 }, { rc.swaps_out, rc.swapped_out_bytes, rc.swap_held_bytes })
