@@ -67,6 +67,16 @@ local function stats(samples)
 end
 M.stats = stats
 
+--- The median over i of a[i] / b[i] (pairs measured one right after the other).
+function M.paired_median(a, b)
+  local r = {}
+  for i = 1, math.min(#a, #b) do r[#r + 1] = a[i] / b[i] end
+  if #r == 0 then return nil end
+  table.sort(r)
+  local h = (#r + 1) // 2
+  return #r % 2 == 1 and r[h] or (r[h] + r[h + 1]) / 2
+end
+
 -- One repetition of a test on a pio model: seconds of forward passes.
 local function run_once(model, spec, n_prompt_batch)
   local seconds, past = 0, spec.depth
@@ -88,7 +98,8 @@ function M.measure(model, spec, reps, opts)
   if spec.n_prompt > 0 then model:bench_forward(spec.n_prompt, spec.depth, opts.n_batch) end
   if spec.n_gen > 0 then model:bench_forward(1, spec.depth) end
   -- opts.beside: a function read just before each repetition (the machine's
-  -- memory bandwidth at that moment), its values returned as `beside`.
+  -- memory bandwidth at that moment), its values returned as `beside`;
+  -- opts.after_rep(r): called after repetition r (a peer's paired repetition).
   local samples, beside = {}, nil
   for r = 1, reps do
     if opts.beside then
@@ -97,6 +108,7 @@ function M.measure(model, spec, reps, opts)
     end
     local s = run_once(model, spec, opts.n_batch)
     samples[r] = (spec.n_prompt + spec.n_gen) / s
+    if opts.after_rep then opts.after_rep(r) end
   end
   local mean, sd = stats(samples)
   return { mean = mean, sd = sd, samples = samples, beside = beside }
@@ -465,11 +477,54 @@ function M.run(suite, opts)
       end
     end
 
+    -- Paired decode repetitions: on a shared machine whose memory bandwidth
+    -- jumps between levels within seconds, a peer timed after all of pio's
+    -- repetitions may see another level than pio did. With interleaving, each
+    -- decode repetition of pio is followed by one of the peer (a run of its
+    -- own, warm-up included), so that pairs see the same machine; the ratio of
+    -- each pair is kept, and their median reported beside the ratio of means.
+    local function paired_peer_rep(spec, r)
+      for i, p in ipairs(peers) do
+        local h = handles[i]
+        if h.handle and not h.failed then
+          local bw = read_beside and read_beside() or nil
+          local ctx = { spec = m, info = info, threads = info.threads, log = function() end,
+                        reps = 1, specs = { spec } }
+          local ok, res, w = pcall(p.run, h.handle, ctx)
+          local one = ok and res and res[spec.name]
+          if one and one.samples and one.samples[1] then
+            local acc = h.paired[spec.name] or { samples = {}, beside = {} }
+            h.paired[spec.name] = acc
+            acc.samples[r], acc.beside[r] = one.samples[1], bw
+          else
+            h.failed, h.why = true, ok and (w or "no result") or tostring(res)
+          end
+        end
+      end
+    end
+    local function paired_results(spec)
+      for i, p in ipairs(peers) do
+        local h = handles[i]
+        local acc = h.paired[spec.name]
+        if acc and #acc.samples == reps then
+          local mean, sd = M.stats(acc.samples)
+          h.results[spec.name] = { mean = mean, sd = sd, samples = acc.samples, beside = acc.beside,
+                                   paired = true }
+          h.ran = true
+          log("  %s %s: %s %s t/s (paired)", p.name, label, spec.name, fmt_tps(h.results[spec.name]))
+        end
+      end
+    end
     for _, spec in ipairs(suite.specs) do
       log("  %s: %s ...", label, spec.name)
       local load = M.machine().load_average
+      local paired = interleave and spec.decode and suite.paired ~= false
+      if paired then
+        for _, h in ipairs(handles) do h.paired = h.paired or {} end
+      end
       local r = M.measure(model, spec, reps, {
-        n_batch = m.n_batch, beside = spec.decode and read_beside or nil })
+        n_batch = m.n_batch, beside = spec.decode and read_beside or nil,
+        after_rep = paired and function(i) paired_peer_rep(spec, i) end or nil })
       per_test[spec.name] = r
       log("  %s: %s %s t/s (load %s)", label, spec.name, fmt_tps(r), tostring(load))
       local row = {
@@ -485,7 +540,9 @@ function M.run(suite, opts)
       result.rows[#result.rows + 1] = row
       rows[#rows + 1] = { label, gib(info.weight_bytes), string.format("%.2f B", info.parameters / 1e9),
                           backend, tostring(info.threads), spec.name, fmt_tps(r) }
-      if interleave then
+      if paired then
+        paired_results(spec)
+      elseif interleave then
         -- The peer's decode rows: a reading just before its run (it runs in
         -- its own process, so not beside each repetition).
         if spec.decode and read_beside then peer_beside[spec.name] = read_beside() end
@@ -515,6 +572,8 @@ function M.run(suite, opts)
           peer_tps = theirs and theirs.mean or nil, peer_sd = theirs and theirs.sd or nil,
           peer_samples = theirs and theirs.samples or nil,
           ratio = theirs and mine.mean / theirs.mean or nil,
+          ratio_paired_median = theirs and theirs.paired and M.paired_median(mine.samples, theirs.samples)
+            or nil,
           peer_missing = not peer_results and tostring(why) or nil,
         }
         if spec.decode and suite.roofline then
@@ -522,7 +581,11 @@ function M.run(suite, opts)
           c.bandwidth_beside = mine.beside
           c.roofline_fraction_beside = fraction_beside(mine.samples, mine.beside, c.roofline_bytes)
           local pb = peer_beside[spec.name]
-          if theirs and pb then
+          if theirs and theirs.paired then -- a reading before each of its repetitions
+            c.peer_bandwidth_beside = theirs.beside
+            c.peer_roofline_fraction_beside = fraction_beside(theirs.samples, theirs.beside,
+                                                              c.roofline_bytes)
+          elseif theirs and pb then
             c.peer_bandwidth_beside = pb
             c.peer_roofline_fraction_beside = theirs.mean * c.roofline_bytes / pb
           end
@@ -549,6 +612,7 @@ function M.run(suite, opts)
     compare_rows[#compare_rows + 1] = {
       meta.label, c.test, fmt_tps(meta.mine), meta.theirs and fmt_tps(meta.theirs) or "missing",
       c.ratio and string.format("%.2f", c.ratio) or "-",
+      c.ratio_paired_median and string.format("%.2f", c.ratio_paired_median) or "-",
       c.roofline_tps and string.format("%.1f", c.roofline_tps) or "-",
       c.roofline_fraction and string.format("%.0f%%", 100 * c.roofline_fraction) or "-",
       c.roofline_fraction_beside and string.format("%.0f%%", 100 * c.roofline_fraction_beside) or "-",
@@ -564,7 +628,7 @@ function M.run(suite, opts)
     local peer_names = {}
     for _, p in ipairs(suite.peers) do peer_names[#peer_names + 1] = p.name end
     local pn = table.concat(peer_names, "/")
-    print_table(out, { "model", "test", "pio t/s", pn .. " t/s", "pio ÷ " .. pn,
+    print_table(out, { "model", "test", "pio t/s", pn .. " t/s", "pio ÷ " .. pn, "paired",
                        "roofline t/s", "pio of roofline", "pio beside", pn .. " beside" },
                 compare_rows)
     for i, p in ipairs(result.peers) do
@@ -593,7 +657,7 @@ function M.run(suite, opts)
       bandwidth / 1e9, #bw_readings))
     if read_beside then
       out:write("beside: the same fraction against a reading taken just before each repetition "
-        .. "(pio: mean over repetitions; the peer: one reading before its run)\n")
+        .. "(the mean over repetitions)\n")
     end
   end
   out:write(string.format("peak memory: %s; revision %s\n", gib(M.peak_rss() or 0),

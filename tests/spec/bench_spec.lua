@@ -89,6 +89,13 @@ describe("pio.bench", function()
     assert.equal('{"a":true,"b":[1,2.5,"x\\"y\\n"],"e":[]}', text)
   end)
 
+  it("paired_median: the median of the pairs' ratios", function()
+    assert.equal(3, bench.paired_median({ 2, 9, 4 }, { 1, 3, 1 }))     -- ratios 2, 3, 4
+    assert.equal(2.5, bench.paired_median({ 2, 9, 4, 1 }, { 1, 3, 1, 1 })) -- 2, 3, 4, 1
+    assert.equal(3, bench.paired_median({ 3, 5 }, { 1 }))               -- only whole pairs
+    assert.is_nil(bench.paired_median({}, {}))
+  end)
+
   describe("run", function()
     it("works: rows for every test, roofline fractions, JSON with machine and revision", function()
       local dir = tmpdir()
@@ -107,7 +114,7 @@ describe("pio.bench", function()
           run = function(h, ctx)
             peer_ran[#peer_ran + 1] = ctx.spec.dtype
             local r = {}
-            for _, s in ipairs(ctx.specs) do r[s.name] = { mean = 1.0, sd = 0 } end
+            for _, s in ipairs(ctx.specs) do r[s.name] = { mean = 1.0, sd = 0, samples = { 1.0 } } end
             return r
           end },
       }
@@ -132,8 +139,9 @@ describe("pio.bench", function()
           assert.is_nil(r.bandwidth_beside)
         end
       end
-      -- the tiny model fits twice in memory: the peer runs after each of pio's tests
-      assert.same({ "f32", "f32", "f32", "f32" }, peer_ran)
+      -- the tiny model fits twice in memory: the peer runs after each of pio's tests, and
+      -- for the decode tests (tg3, tg2 @ d5) once after each of pio's 2 repetitions
+      assert.same({ "f32", "f32", "f32", "f32", "f32", "f32" }, peer_ran)
       local decoded = cjson.decode(slurp(json))
       assert.equal(8, #decoded.rows)
       assert.equal(8, #decoded.comparisons)
@@ -149,10 +157,16 @@ describe("pio.bench", function()
           compared = compared + 1
           assert.equal(1.0, c.peer_tps)
           assert.near(c.tps, c.ratio, 1e-6 * c.tps)
-          if c.test == "tg3" then -- the peer's decode row: one reading before its run
-            assert.is_true(c.peer_bandwidth_beside > 0)
-            local want = c.roofline_bytes / c.peer_bandwidth_beside
+          if c.test == "tg3" or c.test == "tg2 @ d5" then
+            -- paired: a reading before each of the peer's repetitions, and the median of
+            -- pio's sample ÷ the peer's over the pairs
+            assert.equal(2, #c.peer_bandwidth_beside)
+            local want = (c.roofline_bytes / c.peer_bandwidth_beside[1]
+              + c.roofline_bytes / c.peer_bandwidth_beside[2]) / 2
             assert.near(want, c.peer_roofline_fraction_beside, 1e-5 * want) -- JSON keeps 6 digits
+            assert.near(c.tps, c.ratio_paired_median, 1e-5 * c.tps) -- median of 2 = their mean
+          else
+            assert.is_nil(c.ratio_paired_median)
           end
         end
         assert.is_string(c.test)
