@@ -10,12 +10,10 @@
 #include "cpu_ops.h"
 #include "layers.h"
 #include "pio/json.h"
+#include "qwen3_family.h"
 
 typedef struct qwen3_layer {
-    pio_tensor *attn_norm;             /* [n_embd] input_layernorm */
-    pio_tensor *wq, *wk, *wv, *wo;     /* [H*D, E], [Hkv*D, E], [Hkv*D, E], [E, H*D] */
-    pio_tensor *q_norm, *k_norm;       /* [D] */
-    pio_tensor *ffn_norm;              /* [n_embd] post_attention_layernorm */
+    pio_qwen3_attn attn;               /* norms, q/k/v/o, q/k norms (qwen3_family.h) */
     pio_tensor *gate, *up, *down;      /* [F, E], [F, E], [E, F] */
     /* Fused by model surgery (NULL until then); wq/wk/wv and gate/up are views into them. */
     pio_tensor *wqkv;                  /* [(H + 2·Hkv)·D, E] */
@@ -23,9 +21,7 @@ typedef struct qwen3_layer {
 } qwen3_layer;
 
 typedef struct qwen3_weights {
-    pio_tensor *embed;   /* [n_vocab, n_embd] */
-    pio_tensor *norm;    /* [n_embd] */
-    pio_tensor *lm_head; /* [n_vocab, n_embd]; == embed when tied (not owned then) */
+    pio_qwen3_ends ends; /* embed, final norm, lm_head */
     qwen3_layer *layers; /* [n_layer] */
 } qwen3_weights;
 
@@ -153,46 +149,15 @@ static pio_status qwen3_load_weights(pio_model *m, pio_weight_source *ws, pio_er
     if (!w->layers) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
     ws->total = 3 + (size_t)hp->n_layer * 11;
 
-    int64_t E = hp->n_embd, V = hp->n_vocab, D = hp->head_dim, F = hp->n_ff;
-    int64_t QD = hp->n_head * D, KD = hp->n_head_kv * D;
-    char name[256];
-#define LOAD(dst, kind, ...)                                                                \
-    do {                                                                                    \
-        int64_t shape_[] = {__VA_ARGS__};                                                   \
-        (dst) = pio_weights_load(ws, name, (int)(sizeof shape_ / sizeof shape_[0]), shape_, \
-                                 kind, err);                                                \
-        if (!(dst)) return err->status;                                                     \
-    } while (0)
-#define NAME(...) snprintf(name, sizeof name, __VA_ARGS__)
-
-    NAME("model.embed_tokens.weight");
-    LOAD(w->embed, PIO_WEIGHT_MATRIX, V, E);
+    pio_status st = pio_qwen3_load_embed(ws, hp, &w->ends, err);
+    if (st) return st;
     for (int l = 0; l < hp->n_layer; l++) {
         qwen3_layer *L = &w->layers[l];
-        const char *p = "model.layers";
-        NAME("%s.%d.input_layernorm.weight", p, l);           LOAD(L->attn_norm, PIO_WEIGHT_NORM, E);
-        NAME("%s.%d.self_attn.q_proj.weight", p, l);          LOAD(L->wq, PIO_WEIGHT_MATRIX, QD, E);
-        NAME("%s.%d.self_attn.k_proj.weight", p, l);          LOAD(L->wk, PIO_WEIGHT_MATRIX, KD, E);
-        NAME("%s.%d.self_attn.v_proj.weight", p, l);          LOAD(L->wv, PIO_WEIGHT_MATRIX, KD, E);
-        NAME("%s.%d.self_attn.o_proj.weight", p, l);          LOAD(L->wo, PIO_WEIGHT_MATRIX, E, QD);
-        NAME("%s.%d.self_attn.q_norm.weight", p, l);          LOAD(L->q_norm, PIO_WEIGHT_NORM, D);
-        NAME("%s.%d.self_attn.k_norm.weight", p, l);          LOAD(L->k_norm, PIO_WEIGHT_NORM, D);
-        NAME("%s.%d.post_attention_layernorm.weight", p, l);  LOAD(L->ffn_norm, PIO_WEIGHT_NORM, E);
-        NAME("%s.%d.mlp.gate_proj.weight", p, l);             LOAD(L->gate, PIO_WEIGHT_MATRIX, F, E);
-        NAME("%s.%d.mlp.up_proj.weight", p, l);               LOAD(L->up, PIO_WEIGHT_MATRIX, F, E);
-        NAME("%s.%d.mlp.down_proj.weight", p, l);             LOAD(L->down, PIO_WEIGHT_MATRIX, E, F);
+        if ((st = pio_qwen3_load_attn(ws, hp, l, &L->attn, err)) ||
+            (st = pio_qwen3_load_mlp(ws, hp, l, &L->gate, &L->up, &L->down, err)))
+            return st;
     }
-    NAME("model.norm.weight");
-    LOAD(w->norm, PIO_WEIGHT_NORM, E);
-    if (hp->tied_embeddings) {
-        w->lm_head = w->embed; /* Qwen3-4B ships no lm_head.weight */
-    } else {
-        NAME("lm_head.weight");
-        LOAD(w->lm_head, PIO_WEIGHT_MATRIX, V, E);
-    }
-#undef LOAD
-#undef NAME
-    return PIO_OK;
+    return pio_qwen3_load_head(ws, hp, &w->ends, err);
 }
 
 static pio_status qwen3_forward(pio_model *m, const pio_batch *b, pio_tensor *logits,
@@ -206,38 +171,47 @@ static pio_status qwen3_forward(pio_model *m, const pio_batch *b, pio_tensor *lo
     if ((st = pio_scratch(m, PIO_SLOT_X, n, hp->n_embd, &x, err)) ||
         (st = pio_scratch(m, PIO_SLOT_H, n, hp->n_embd, &h, err)) ||
         (st = pio_scratch(m, PIO_SLOT_OUT, n, hp->n_embd, &out, err)) ||
-        (st = pio_build_embedding(m, w->embed, b, &x, err)))
+        (st = pio_build_embedding(m, w->ends.embed, b, &x, err)))
         return st;
 
     /* Each residual add is followed by the next norm: one builder does both
      * (one kernel on the GPU), so layer l ends with layer l + 1's input norm. */
-    if ((st = pio_build_norm(m, &x, w->layers[0].attn_norm, eps, &h, err))) return st;
+    if ((st = pio_build_norm(m, &x, w->layers[0].attn.attn_norm, eps, &h, err))) return st;
     for (int l = 0; l < hp->n_layer; l++) {
         const qwen3_layer *L = &w->layers[l];
-        pio_attn_weights aw = {L->wq, L->wk, L->wv, L->wo, L->q_norm, L->k_norm, L->wqkv};
+        pio_attn_weights aw = pio_qwen3_attn_weights(&L->attn, L->wqkv);
         pio_ffn_weights fw = {L->gate, L->up, L->down, L->gate_up};
-        const pio_tensor *next_norm = l + 1 < hp->n_layer ? w->layers[l + 1].attn_norm : NULL;
+        const pio_tensor *next_norm = l + 1 < hp->n_layer ? w->layers[l + 1].attn.attn_norm : NULL;
         if ((st = pio_build_attn(m, l, &aw, b, &h, &out, err)) ||
-            (st = pio_build_residual_norm(m, &x, &out, L->ffn_norm, eps, &h, err)) ||
+            (st = pio_build_residual_norm(m, &x, &out, L->attn.ffn_norm, eps, &h, err)) ||
             (st = pio_build_ffn(m, &fw, &h, &out, err)) ||
             (st = next_norm ? pio_build_residual_norm(m, &x, &out, next_norm, eps, &h, err)
                             : pio_build_residual(m, &x, &out, err)))
             return pio_error_prefix(err, "layer %d", l);
     }
-    return pio_build_logits(m, b, &x, w->norm, w->lm_head, logits, err);
+    return pio_build_logits(m, b, &x, w->ends.norm, w->ends.lm_head, logits, err);
+}
+
+/* A layer's tensors without the fused ones (whose bytes are their parts'). */
+enum { LAYER_PARTS = PIO_QWEN3_ATTN_TENSORS + 3 };
+static void layer_parts(const qwen3_layer *L, pio_tensor *out[LAYER_PARTS]) {
+    pio_qwen3_attn_tensors(&L->attn, out);
+    out[PIO_QWEN3_ATTN_TENSORS] = L->gate;
+    out[PIO_QWEN3_ATTN_TENSORS + 1] = L->up;
+    out[PIO_QWEN3_ATTN_TENSORS + 2] = L->down;
 }
 
 static void free_layer(qwen3_layer *L) {
-    pio_tensor *all[] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->q_norm, L->k_norm,
-                         L->ffn_norm, L->gate, L->up, L->down, L->wqkv, L->gate_up};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pio_tensor_free(all[i]);
+    pio_tensor *parts[LAYER_PARTS];
+    layer_parts(L, parts);
+    for (int i = 0; i < LAYER_PARTS; i++) pio_tensor_free(parts[i]);
+    pio_tensor_free(L->wqkv);
+    pio_tensor_free(L->gate_up);
 }
 
 static void qwen3_free_weights(pio_model *m) {
     qwen3_weights *w = m->arch_state;
-    if (w->lm_head != w->embed) pio_tensor_free(w->lm_head);
-    pio_tensor_free(w->embed);
-    pio_tensor_free(w->norm);
+    pio_qwen3_free_ends(&w->ends);
     for (int l = 0; w->layers && l < m->hp.n_layer; l++) free_layer(&w->layers[l]);
     free(w->layers);
     free(w);
@@ -253,13 +227,13 @@ static void qwen3_remove_layers(pio_model *m, const int32_t *layers, size_t n) {
         qwen3_layer *L = &w->layers[l];
         if ((size_t)r < n && layers[r] == l) {
             /* Fused matrices hold their parts' bytes: count the parts, not both. */
-            pio_tensor *all[] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->q_norm,
-                                 L->k_norm, L->ffn_norm, L->gate, L->up, L->down};
-            for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+            pio_tensor *all[LAYER_PARTS];
+            layer_parts(L, all);
+            for (int i = 0; i < LAYER_PARTS; i++) {
                 m->weight_bytes -= pio_tensor_nbytes(all[i]);
                 m->n_params -= pio_tensor_numel(all[i]);
             }
-            pio_model_forget_weights(m, all, sizeof all / sizeof all[0]);
+            pio_model_forget_weights(m, all, LAYER_PARTS);
             free_layer(L);
             r++;
             continue;
@@ -274,7 +248,7 @@ static pio_status qwen3_fuse(pio_model *m, bool qkv, bool gate_up, pio_surgery_r
     for (int l = 0; l < m->hp.n_layer; l++) {
         qwen3_layer *L = &w->layers[l];
         if (qkv && !L->wqkv) {
-            pio_tensor *parts[3] = {L->wq, L->wk, L->wv};
+            pio_tensor *parts[3] = {L->attn.wq, L->attn.wk, L->attn.wv};
             if (!(L->wqkv = pio_weights_fuse(m, parts, 3, err)))
                 return pio_error_prefix(err, "fusing q|k|v of layer %d", l);
             rep->fused_qkv++;

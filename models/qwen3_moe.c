@@ -22,15 +22,13 @@
 
 #include "cpu_ops.h"
 #include "layers.h"
+#include "qwen3_family.h"
 #include "pio/json.h"
 
 extern const pio_arch pio_arch_qwen3;
 
 typedef struct moe_layer {
-    pio_tensor *attn_norm;             /* [E] input_layernorm */
-    pio_tensor *wq, *wk, *wv, *wo;     /* [H*D, E], [Hkv*D, E], [Hkv*D, E], [E, H*D] */
-    pio_tensor *q_norm, *k_norm;       /* [D] */
-    pio_tensor *ffn_norm;              /* [E] post_attention_layernorm */
+    pio_qwen3_attn attn;               /* norms, q/k/v/o, q/k norms (qwen3_family.h) */
     /* dense layers */
     pio_tensor *gate, *up, *down;      /* [F, E], [F, E], [E, F] */
     /* MoE layers */
@@ -42,9 +40,7 @@ typedef struct moe_layer {
 } moe_layer;
 
 typedef struct moe_weights {
-    pio_tensor *embed;   /* [n_vocab, E] */
-    pio_tensor *norm;    /* [E] */
-    pio_tensor *lm_head; /* [n_vocab, E]; == embed when tied (not owned then) */
+    pio_qwen3_ends ends; /* embed, final norm, lm_head */
     moe_layer *layers;   /* [n_layer] */
 } moe_weights;
 
@@ -189,56 +185,27 @@ static pio_status moe_load_weights(pio_model *m, pio_weight_source *ws, pio_erro
     if (!w->layers) return pio_error_set(err, PIO_ERR_OOM, "out of memory");
     ws->total = 3;
     for (int l = 0; l < hp->n_layer; l++)
-        ws->total += 8 + (!hp->moe_layer[l]        ? 3
+        ws->total += PIO_QWEN3_ATTN_TENSORS + (!hp->moe_layer[l]        ? 3
                           : experts_stacked(ws, l) ? 1 + 2
                                                    : 1 + 3 * (size_t)hp->n_expert);
 
-    int64_t E = hp->n_embd, V = hp->n_vocab, D = hp->head_dim, F = hp->n_ff;
-    int64_t QD = hp->n_head * D, KD = hp->n_head_kv * D;
+    pio_status st = pio_qwen3_load_embed(ws, hp, &w->ends, err);
+    if (st) return st;
     char name[256];
-#define LOAD(dst, kind, ...)                                                                \
-    do {                                                                                    \
-        int64_t shape_[] = {__VA_ARGS__};                                                   \
-        (dst) = pio_weights_load(ws, name, (int)(sizeof shape_ / sizeof shape_[0]), shape_, \
-                                 kind, err);                                                \
-        if (!(dst)) return err->status;                                                     \
-    } while (0)
-#define NAME(...) snprintf(name, sizeof name, __VA_ARGS__)
-
-    NAME("model.embed_tokens.weight");
-    LOAD(w->embed, PIO_WEIGHT_MATRIX, V, E);
     for (int l = 0; l < hp->n_layer; l++) {
         moe_layer *L = &w->layers[l];
-        const char *p = "model.layers";
-        NAME("%s.%d.input_layernorm.weight", p, l);           LOAD(L->attn_norm, PIO_WEIGHT_NORM, E);
-        NAME("%s.%d.self_attn.q_proj.weight", p, l);          LOAD(L->wq, PIO_WEIGHT_MATRIX, QD, E);
-        NAME("%s.%d.self_attn.k_proj.weight", p, l);          LOAD(L->wk, PIO_WEIGHT_MATRIX, KD, E);
-        NAME("%s.%d.self_attn.v_proj.weight", p, l);          LOAD(L->wv, PIO_WEIGHT_MATRIX, KD, E);
-        NAME("%s.%d.self_attn.o_proj.weight", p, l);          LOAD(L->wo, PIO_WEIGHT_MATRIX, E, QD);
-        NAME("%s.%d.self_attn.q_norm.weight", p, l);          LOAD(L->q_norm, PIO_WEIGHT_NORM, D);
-        NAME("%s.%d.self_attn.k_norm.weight", p, l);          LOAD(L->k_norm, PIO_WEIGHT_NORM, D);
-        NAME("%s.%d.post_attention_layernorm.weight", p, l);  LOAD(L->ffn_norm, PIO_WEIGHT_NORM, E);
-        if (hp->moe_layer[l]) {
-            NAME("%s.%d.mlp.gate.weight", p, l);              LOAD(L->router, PIO_WEIGHT_MATRIX, hp->n_expert, E);
-            pio_status st = load_experts(ws, hp, l, L, err);
-            if (st) return st;
-        } else {
-            NAME("%s.%d.mlp.gate_proj.weight", p, l);         LOAD(L->gate, PIO_WEIGHT_MATRIX, F, E);
-            NAME("%s.%d.mlp.up_proj.weight", p, l);           LOAD(L->up, PIO_WEIGHT_MATRIX, F, E);
-            NAME("%s.%d.mlp.down_proj.weight", p, l);         LOAD(L->down, PIO_WEIGHT_MATRIX, E, F);
+        if ((st = pio_qwen3_load_attn(ws, hp, l, &L->attn, err))) return st;
+        if (!hp->moe_layer[l]) {
+            if ((st = pio_qwen3_load_mlp(ws, hp, l, &L->gate, &L->up, &L->down, err))) return st;
+            continue;
         }
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate.weight", l);
+        const int64_t router_shape[2] = {hp->n_expert, hp->n_embd};
+        if (!(L->router = pio_weights_load(ws, name, 2, router_shape, PIO_WEIGHT_MATRIX, err)))
+            return err->status;
+        if ((st = load_experts(ws, hp, l, L, err))) return st;
     }
-    NAME("model.norm.weight");
-    LOAD(w->norm, PIO_WEIGHT_NORM, E);
-    if (hp->tied_embeddings) {
-        w->lm_head = w->embed;
-    } else {
-        NAME("lm_head.weight");
-        LOAD(w->lm_head, PIO_WEIGHT_MATRIX, V, E);
-    }
-#undef LOAD
-#undef NAME
-    return PIO_OK;
+    return pio_qwen3_load_head(ws, hp, &w->ends, err);
 }
 
 /* ---- forward ----------------------------------------------------------------- */
@@ -260,17 +227,16 @@ static pio_status moe_forward(pio_model *m, const pio_batch *b, pio_tensor *logi
     if ((st = pio_scratch(m, PIO_SLOT_X, n, hp->n_embd, &x, err)) ||
         (st = pio_scratch(m, PIO_SLOT_H, n, hp->n_embd, &h, err)) ||
         (st = pio_scratch(m, PIO_SLOT_OUT, n, hp->n_embd, &out, err)) ||
-        (st = pio_build_embedding(m, w->embed, b, &x, err)))
+        (st = pio_build_embedding(m, w->ends.embed, b, &x, err)))
         return st;
 
     for (int l = 0; l < hp->n_layer; l++) {
         const moe_layer *L = &w->layers[l];
-        pio_attn_weights aw = {.wq = L->wq, .wk = L->wk, .wv = L->wv, .wo = L->wo,
-                               .q_norm = L->q_norm, .k_norm = L->k_norm};
-        if ((st = pio_build_norm(m, &x, L->attn_norm, eps, &h, err)) ||
+        pio_attn_weights aw = pio_qwen3_attn_weights(&L->attn, NULL);
+        if ((st = pio_build_norm(m, &x, L->attn.attn_norm, eps, &h, err)) ||
             (st = pio_build_attn(m, l, &aw, b, &h, &out, err)) ||
             (st = pio_build_residual(m, &x, &out, err)) ||
-            (st = pio_build_norm(m, &x, L->ffn_norm, eps, &h, err)))
+            (st = pio_build_norm(m, &x, L->attn.ffn_norm, eps, &h, err)))
             return pio_error_prefix(err, "layer %d", l);
         if (hp->moe_layer[l]) {
             pio_moe_weights mw = {.router = L->router, .n_expert = hp->n_expert,
@@ -285,7 +251,7 @@ static pio_status moe_forward(pio_model *m, const pio_batch *b, pio_tensor *logi
         if (st || (st = pio_build_residual(m, &x, &out, err)))
             return pio_error_prefix(err, "layer %d", l);
     }
-    return pio_build_logits(m, b, &x, w->norm, w->lm_head, logits, err);
+    return pio_build_logits(m, b, &x, w->ends.norm, w->ends.lm_head, logits, err);
 }
 
 static void free_experts(pio_tensor **t, int32_t n) {
@@ -295,14 +261,13 @@ static void free_experts(pio_tensor **t, int32_t n) {
 
 static void moe_free_weights(pio_model *m) {
     moe_weights *w = m->arch_state;
-    if (w->lm_head != w->embed) pio_tensor_free(w->lm_head);
-    pio_tensor_free(w->embed);
-    pio_tensor_free(w->norm);
+    pio_qwen3_free_ends(&w->ends);
     for (int l = 0; w->layers && l < m->hp.n_layer; l++) {
         moe_layer *L = &w->layers[l];
-        pio_tensor *all[] = {L->attn_norm, L->wq,   L->wk,     L->wv,     L->wo,
-                             L->q_norm,    L->k_norm, L->ffn_norm, L->gate, L->up,
-                             L->down,      L->router, L->gate_up_stack, L->down_stack};
+        pio_tensor *attn[PIO_QWEN3_ATTN_TENSORS];
+        pio_qwen3_attn_tensors(&L->attn, attn);
+        for (int i = 0; i < PIO_QWEN3_ATTN_TENSORS; i++) pio_tensor_free(attn[i]);
+        pio_tensor *all[] = {L->gate, L->up, L->down, L->router, L->gate_up_stack, L->down_stack};
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pio_tensor_free(all[i]);
         free_experts(L->exp_gate, m->hp.n_expert);
         free_experts(L->exp_up, m->hp.n_expert);
