@@ -230,13 +230,14 @@ static pio_status moe_forward(pio_model *m, const pio_batch *b, pio_tensor *logi
         (st = pio_build_embedding(m, w->ends.embed, b, &x, err)))
         return st;
 
+    /* As in qwen3.c: each residual add and the norm after it are one builder
+     * (one kernel on the GPU), so layer l ends with layer l + 1's input norm. */
+    if ((st = pio_build_norm(m, &x, w->layers[0].attn.attn_norm, eps, &h, err))) return st;
     for (int l = 0; l < hp->n_layer; l++) {
         const moe_layer *L = &w->layers[l];
         pio_attn_weights aw = pio_qwen3_attn_weights(&L->attn, NULL);
-        if ((st = pio_build_norm(m, &x, L->attn.attn_norm, eps, &h, err)) ||
-            (st = pio_build_attn(m, l, &aw, b, &h, &out, err)) ||
-            (st = pio_build_residual(m, &x, &out, err)) ||
-            (st = pio_build_norm(m, &x, L->attn.ffn_norm, eps, &h, err)))
+        if ((st = pio_build_attn(m, l, &aw, b, &h, &out, err)) ||
+            (st = pio_build_residual_norm(m, &x, &out, L->attn.ffn_norm, eps, &h, err)))
             return pio_error_prefix(err, "layer %d", l);
         if (hp->moe_layer[l]) {
             pio_moe_weights mw = {.router = L->router, .n_expert = hp->n_expert,
@@ -248,7 +249,9 @@ static pio_status moe_forward(pio_model *m, const pio_batch *b, pio_tensor *logi
             pio_ffn_weights fw = {.gate = L->gate, .up = L->up, .down = L->down};
             st = pio_build_ffn(m, &fw, &h, &out, err);
         }
-        if (st || (st = pio_build_residual(m, &x, &out, err)))
+        const pio_tensor *next_norm = l + 1 < hp->n_layer ? w->layers[l + 1].attn.attn_norm : NULL;
+        if (st || (st = next_norm ? pio_build_residual_norm(m, &x, &out, next_norm, eps, &h, err)
+                                  : pio_build_residual(m, &x, &out, err)))
             return pio_error_prefix(err, "layer %d", l);
     }
     return pio_build_logits(m, b, &x, w->ends.norm, w->ends.lm_head, logits, err);
