@@ -161,6 +161,65 @@ function M.bf16_top1(name, ref, vocab, model16, expected)
     return worst, big
 end
 
+-- One fixture's parity describes, as the dense and MoE files share them: the fixture
+-- loaded in f32 on `device`, its logits per prompt and greedy tokens against
+-- transformers', then loaded in bf16, the top-1 agreement. hooks (all optional):
+--   loaded(get_model, ref)   its run first on the f32 model (the MoE file counts parameters)
+--   bf16(worst, big, ref)    a further check of bf16_top1's numbers (the dense file's bound)
+--   more(get_model, ref)     further describes on the f32 model (the dense file's tokenizer)
+function M.describe_fixture(family, device, name, tags, hooks)
+    local pio = require "pio"
+    hooks = hooks or {}
+    local dir = M.FIXTURES .. "/" .. name
+    local ref = M.read_json(dir .. "/reference.json")
+    local vocab = math.tointeger(ref.config.vocab_size)
+    local function load(dtype)
+        local m, err = pio.load(dir, { dtype = dtype, threads = M.THREADS, device = device })
+        assert(m, err)
+        return m
+    end
+    describe(("%s parity on %s: %s #%s%s"):format(family, device, name, family, tags or ""), function()
+        local expected -- name -> pio.Tensor, from reference.safetensors
+        local model -- the fixture in f32
+        local function get_model() return model end
+
+        lazy_setup(function()
+            expected = assert(pio.safetensors(dir .. "/reference.safetensors"))
+            model = load("f32")
+        end)
+
+        lazy_teardown(function()
+            if model then model:free() end
+            expected, model = nil, nil
+        end)
+
+        if hooks.loaded then hooks.loaded(get_model, ref) end
+
+        describe("f32", function()
+            M.f32_prompt_checks(name, ref, vocab, get_model, function() return expected end)
+            M.greedy_check(name, ref, get_model)
+        end)
+
+        describe("bf16", function()
+            local model16
+
+            lazy_setup(function() model16 = load("bf16") end)
+
+            lazy_teardown(function()
+                if model16 then model16:free() end
+                model16 = nil
+            end)
+
+            it("agrees with transformers' bf16 top-1 at >= 99% of positions", function()
+                local worst, big = M.bf16_top1(name, ref, vocab, model16, expected)
+                if hooks.bf16 then hooks.bf16(worst, big, ref) end
+            end)
+        end)
+
+        if hooks.more then hooks.more(get_model, ref) end
+    end)
+end
+
 -- The scheduler over a paged pool too small for every prompt at once, once per
 -- preemption mode: each prompt's text must equal want[i] (the prompt run alone) and the
 -- pool must be empty after each run. opts: the scheduler's options (max_tokens, ...).
