@@ -28,7 +28,8 @@
 # PIO_GPU_BUILD (build folder, default build-gpu), OUT (where logs
 # are written, default the build folder), PIO_GPU_QUICK=1 (fewer sizes and
 # repetitions), PIO_GPU_SANITIZE=1 (also run the quick test under
-# compute-sanitizer memcheck and racecheck: slower), PIO_CUDA_ARCH (default 90).
+# compute-sanitizer memcheck and racecheck, and memcheck of the paged KV tests:
+# slower), PIO_CUDA_ARCH (default 90).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${PIO_GPU_BUILD:-$root/build-gpu}"
@@ -105,6 +106,10 @@ if [ -x "$build/test-cuda-ops" ]; then
   if [ "${PIO_GPU_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
     step memcheck 300 env PIO_CUDA_TEST_QUICK=1 compute-sanitizer --tool memcheck --error-exitcode 1 "$build/test-cuda-ops"
     step racecheck 300 env PIO_CUDA_TEST_QUICK=1 compute-sanitizer --tool racecheck --error-exitcode 1 "$build/test-cuda-ops"
+    # The paged KV cache's ops (block-table lookups shared by shuffle, scattered pools).
+    if [ -x "$build/test-cuda-paged" ]; then
+      step memcheck-paged 300 compute-sanitizer --tool memcheck --error-exitcode 1 "$build/test-cuda-paged"
+    fi
   fi
 fi
 
