@@ -7,6 +7,8 @@
 #include <stdint.h>
 
 #include "attention_kernels.h"
+#include "simd_avx2.h"
+#include "simd_avx512.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -19,30 +21,9 @@ static ALWAYS_INLINE __m512 ld16(const void *row, int64_t i, __mmask16 m, int bf
     return _mm512_maskz_loadu_ps(m, (const float *)row + i);
 }
 
-static ALWAYS_INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
-    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
-    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
-    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
-    __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
-    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-}
-
-/* Nearest-even bf16 rounding of 4 lanes (as pio_round_bf16; NaN made quiet). */
-static ALWAYS_INLINE __m128 round4(__m128 x) {
-    __m128i u = _mm_castps_si128(x);
-    __m128i lsb = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
-    __m128i r = _mm_add_epi32(u, _mm_add_epi32(lsb, _mm_set1_epi32(0x7fff)));
-    r = _mm_and_si128(r, _mm_set1_epi32((int)0xffff0000u));
-    __m128i quiet = _mm_and_si128(_mm_or_si128(u, _mm_set1_epi32(0x00400000)),
-                                  _mm_set1_epi32((int)0xffff0000u));
-    __m128 nan = _mm_cmpunord_ps(x, x);
-    return _mm_blendv_ps(_mm_castsi128_ps(r), _mm_castsi128_ps(quiet), nan);
-}
-
 static ALWAYS_INLINE __m128 finish4(__m128 d, float scale, bool round_bf16) {
     __m128 sc = _mm_set1_ps(scale);
-    return round_bf16 ? round4(_mm_mul_ps(round4(d), sc)) : _mm_mul_ps(d, sc);
+    return round_bf16 ? pio_round_bf16_128(_mm_mul_ps(pio_round_bf16_128(d), sc)) : _mm_mul_ps(d, sc);
 }
 
 static ALWAYS_INLINE float finish1(float d, float scale, bool round_bf16) {
@@ -64,7 +45,7 @@ static ALWAYS_INLINE void scores_wide(const pio_attn_scores_args *A, int bf16) {
             for (int r = 0; r < 4; r++)
                 acc[r] = _mm512_fmadd_ps(qv, ld16(k + r * A->step, i, m, bf16), acc[r]);
         }
-        _mm_storeu_ps(A->out + j, finish4(reduce4(acc[0], acc[1], acc[2], acc[3]), A->scale,
+        _mm_storeu_ps(A->out + j, finish4(pio_hsum4_512(acc[0], acc[1], acc[2], acc[3]), A->scale,
                                           A->round_bf16));
     }
     for (; j < A->len; j++, k += A->step) {
@@ -94,7 +75,7 @@ static void scores_dot(const pio_attn_scores_args *A) {
                     acc[r], qv,
                     (__m512bh)_mm512_maskz_loadu_epi16(m, (const uint16_t *)(k + r * A->step) + i));
         }
-        _mm_storeu_ps(A->out + j, finish4(reduce4(acc[0], acc[1], acc[2], acc[3]), A->scale,
+        _mm_storeu_ps(A->out + j, finish4(pio_hsum4_512(acc[0], acc[1], acc[2], acc[3]), A->scale,
                                           A->round_bf16));
     }
     for (; j < A->len; j++, k += A->step) {

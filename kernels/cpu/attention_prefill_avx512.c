@@ -26,6 +26,7 @@
 #include "attention_kernels.h"
 #include "cpu_internal.h"
 #include "simd_avx2.h"
+#include "simd_avx512.h"
 
 enum { MR = 6, NR = 64, RT = 48 };
 
@@ -128,18 +129,6 @@ static void pack_task(void *arg, int task, int thread) {
 
 /* ---- register tiles ----------------------------------------------------------- */
 
-/* bf16 rounding of 16 lanes, nearest even, NaN kept quiet (as pio_round_bf16). */
-static ALWAYS_INLINE __m512 round16(__m512 x) {
-    __m512i u = _mm512_castps_si512(x);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-    r = _mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u));
-    __m512i quiet = _mm512_and_si512(_mm512_or_si512(u, _mm512_set1_epi32(0x00400000)),
-                                     _mm512_set1_epi32((int)0xffff0000u));
-    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    return _mm512_castsi512_ps(_mm512_mask_blend_epi32(nan, r, quiet));
-}
-
 /* S[a][0..64) for a < mr: scores of query rows against one 64-key panel block.
  * bf16: q pairs (uint32) × K pairs; f32: q values × K. */
 static ALWAYS_INLINE void score_tile(const void *qv, int64_t ldq, const void *panel, int64_t steps,
@@ -183,7 +172,7 @@ static ALWAYS_INLINE void score_tile(const void *qv, int64_t ldq, const void *pa
     for (int a = 0; a < mr; a++)
 #pragma GCC unroll 4
         for (int b = 0; b < 4; b++) {
-            __m512 v = dot ? round16(_mm512_mul_ps(round16(acc[a][b]), sc))
+            __m512 v = dot ? pio_round_bf16_512(_mm512_mul_ps(pio_round_bf16_512(acc[a][b]), sc))
                            : _mm512_mul_ps(acc[a][b], sc);
             _mm512_storeu_ps(s + a * lds + 16 * b, v);
         }
@@ -313,7 +302,7 @@ static float softmax_row(float *s, int64_t len, int64_t len_pad, uint16_t *pb, i
     if (!dot) return 1.0f / sum;
     const __m512 mul = _mm512_set1_ps(1.0f / sum);
     for (int64_t j = 0; j < len_pad; j += 16) {
-        __m512 p = round16(_mm512_mul_ps(_mm512_loadu_ps(s + j), mul));
+        __m512 p = pio_round_bf16_512(_mm512_mul_ps(_mm512_loadu_ps(s + j), mul));
         _mm256_storeu_si256((__m256i *)(pb + j),
                             _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(p), 16)));
     }

@@ -16,6 +16,8 @@
 #include <immintrin.h>
 
 #include "matmul_kernels.h"
+#include "simd_avx2.h"
+#include "simd_avx512.h"
 
 enum { TW = 4, TXMAX = 4 };
 
@@ -26,28 +28,6 @@ static ALWAYS_INLINE __m512bh ld(const uint16_t *p) {
 }
 static ALWAYS_INLINE __m512bh ld_mask(const uint16_t *p, __mmask32 m) {
     return (__m512bh)_mm512_maskz_loadu_epi16(m, p);
-}
-
-/* [Σa, Σb, Σc, Σd] of four 16-lane accumulators. */
-static ALWAYS_INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
-    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
-    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
-    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
-    __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
-    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-}
-
-/* nearest-even bf16 of 4 lanes, NaN kept quiet (pio_round_bf16) */
-static ALWAYS_INLINE __m128 round4(__m128 x) {
-    __m128i u = _mm_castps_si128(x);
-    __m128i lsb = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
-    __m128i r = _mm_add_epi32(u, _mm_add_epi32(lsb, _mm_set1_epi32(0x7fff)));
-    r = _mm_and_si128(r, _mm_set1_epi32((int)0xffff0000u));
-    __m128i quiet = _mm_and_si128(_mm_or_si128(u, _mm_set1_epi32(0x00400000)),
-                                  _mm_set1_epi32((int)0xffff0000u));
-    __m128 nan = _mm_cmpunord_ps(x, x);
-    return _mm_blendv_ps(_mm_castsi128_ps(r), _mm_castsi128_ps(quiet), nan);
 }
 
 static ALWAYS_INLINE void store_row(float *y, __m128 v, int nw) {
@@ -102,8 +82,8 @@ static ALWAYS_INLINE void tile(const pio_matmul_job *J, int64_t i0, int nx, int6
     }
 #pragma GCC unroll 4
     for (int a = 0; a < nx; a++) {
-        __m128 v = reduce4(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
-        store_row(J->y + (i0 + a) * J->m + j0, J->round_y ? round4(v) : v, nw);
+        __m128 v = pio_hsum4_512(acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
+        store_row(J->y + (i0 + a) * J->m + j0, J->round_y ? pio_round_bf16_128(v) : v, nw);
     }
 }
 
@@ -129,7 +109,7 @@ static void matvec(const pio_matmul_job *J, int64_t m0, int64_t m1) {
             a0 = _mm512_dpbf16_ps(a0, ld_mask(x + kk, m), ld_mask(w + kk, m));
         }
         float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-        J->y[j] = J->round_y ? _mm_cvtss_f32(round4(_mm_set_ss(sum))) : sum;
+        J->y[j] = J->round_y ? _mm_cvtss_f32(pio_round_bf16_128(_mm_set_ss(sum))) : sum;
     }
 }
 

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "matmul_kernels.h"
+#include "simd_avx512.h"
 
 enum { MR = 6, NR = 64, KC = 256 };
 
@@ -151,18 +152,6 @@ void pio_matmul_f32_packed_avx512(const pio_matmul_job *J, int64_t m0, int64_t m
  * pairs (512 k) per block: a 64 KiB panel. */
 enum { KP = 256 };
 
-/* nearest-even bf16 of 16 lanes, NaN kept quiet (pio_round_bf16) */
-static ALWAYS_INLINE __m512 round16(__m512 x) {
-    __m512i u = _mm512_castps_si512(x);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-    r = _mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u));
-    __m512i quiet = _mm512_and_si512(_mm512_or_si512(u, _mm512_set1_epi32(0x00400000)),
-                                     _mm512_set1_epi32((int)0xffff0000u));
-    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    return _mm512_castsi512_ps(_mm512_mask_blend_epi32(nan, r, quiet));
-}
-
 /* last: the final k block, whose sums are rounded to bf16 when round is set. */
 static ALWAYS_INLINE void micro_dot(const uint32_t *x, int64_t ldx, const uint32_t *panel,
                                     int64_t kpc, float *c, int64_t ldc, int mr, int first,
@@ -192,7 +181,7 @@ static ALWAYS_INLINE void micro_dot(const uint32_t *x, int64_t ldx, const uint32
     for (int a = 0; a < mr; a++)
 #pragma GCC unroll 4
         for (int b = 0; b < 4; b++)
-            _mm512_storeu_ps(c + a * ldc + 16 * b, round ? round16(acc[a][b]) : acc[a][b]);
+            _mm512_storeu_ps(c + a * ldc + 16 * b, round ? pio_round_bf16_512(acc[a][b]) : acc[a][b]);
 }
 
 static void micro_dot_any(const uint32_t *x, int64_t ldx, const uint32_t *panel, int64_t kpc,

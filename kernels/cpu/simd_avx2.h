@@ -65,6 +65,17 @@ static inline __m256 pio_round_bf16_256(__m256 x) {
     return _mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(quiet), nan);
 }
 
+/* pio_round_bf16_256 on 4 lanes. */
+static inline __attribute__((always_inline)) __m128 pio_round_bf16_128(__m128 x) {
+    const __m128i hi = _mm_set1_epi32((int)0xffff0000u);
+    __m128i u = _mm_castps_si128(x);
+    __m128i lsb = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
+    __m128i r = _mm_and_si128(_mm_add_epi32(u, _mm_add_epi32(lsb, _mm_set1_epi32(0x7fff))), hi);
+    __m128i quiet = _mm_and_si128(_mm_or_si128(u, _mm_set1_epi32(0x00400000)), hi);
+    __m128 nan = _mm_cmpunord_ps(x, x);
+    return _mm_blendv_ps(_mm_castsi128_ps(r), _mm_castsi128_ps(quiet), nan);
+}
+
 /* e^x to about 1 ulp (Cephes' expf polynomial): 0 below -87.3, inf above
  * 88.37, NaN in → NaN out. Softmax, SiLU and attention share it. */
 static inline __m256 pio_exp256(__m256 x) {
