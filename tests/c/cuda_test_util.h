@@ -1,6 +1,6 @@
 /* tests/c/cuda_test_util.h: the helpers the CUDA op tests share (random host
- * tensors, uploads poisoned with NaN, downloads), for test-cuda-ops.c and
- * test-cuda-paged.c. The including file defines, before including this:
+ * tensors, uploads poisoned with NaN, downloads, the attention cases both
+ * test), for test-cuda-ops.c and test-cuda-paged.c. The including file defines, before including this:
  *
  *   static pio_cuda_ctx *ctx;   the context every helper uses
  *   static uint64_t rng;        the random state, seeded as that test wants
@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cpu_ops.h"
 #include "cuda_ops.h"
@@ -83,5 +84,29 @@ static void dfree(pio_tensor *t) { pio_cuda_tensor_free(ctx, t); }
 
 static float *fp(const pio_tensor *t) { return pio_tensor_data(t); }
 static const char *dtn(pio_dtype dt) { return pio_dtype_info(dt)->name; }
+
+/* Attention inputs: n tokens, each a (sequence slot, position). */
+typedef struct {
+    const char *name;
+    int n;
+    int32_t seq[300], pos[300];
+} attn_case;
+
+/* short: contexts under one tile of 32 keys and at a tile's edges */
+static void case_short(attn_case *c) {
+    static const int32_t s[] = {0, 1, 2, 0, 1, 2}, p[] = {0, 5, 31, 32, 33, 64};
+    c->name = "short";
+    c->n = 6;
+    memcpy(c->seq, s, sizeof s);
+    memcpy(c->pos, p, sizeof p);
+}
+/* prompt: 150 consecutive positions of slot 1, then a chunk of slot 0 starting at
+ * position 40 (its first 40 keys came from an earlier chunk) */
+static void case_prompt(attn_case *c) {
+    c->name = "prompt";
+    c->n = 0;
+    for (int t = 0; t < 150; t++) c->seq[c->n] = 1, c->pos[c->n++] = t;
+    for (int t = 40; t < 97; t++) c->seq[c->n] = 0, c->pos[c->n++] = t;
+}
 
 #endif

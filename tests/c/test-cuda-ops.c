@@ -508,12 +508,6 @@ static void test_elementwise(void) {
 
 /* ---- attention ----------------------------------------------------------------------- */
 
-typedef struct {
-    const char *name;
-    int n;
-    int32_t seq[300], pos[300];
-} attn_case;
-
 /* decode: a few tokens at scattered positions in different sequences */
 static void case_decode(attn_case *c, int ctxlen) {
     c->name = "decode";
@@ -521,22 +515,6 @@ static void case_decode(attn_case *c, int ctxlen) {
     int32_t s[] = {0, 1, 2}, p[] = {ctxlen - 1, 36, 1000 % ctxlen};
     memcpy(c->seq, s, sizeof s);
     memcpy(c->pos, p, sizeof p);
-}
-/* short: contexts under one tile of 32 keys and at a tile's edges */
-static void case_short(attn_case *c) {
-    c->name = "short";
-    c->n = 6;
-    int32_t s[] = {0, 1, 2, 0, 1, 2}, p[] = {0, 5, 31, 32, 33, 64};
-    memcpy(c->seq, s, sizeof s);
-    memcpy(c->pos, p, sizeof p);
-}
-/* prompt: 150 consecutive positions of sequence 1, then a chunk of sequence 0
- * starting at position 40 (its first 40 keys came from an earlier chunk) */
-static void case_prompt(attn_case *c) {
-    c->name = "prompt";
-    c->n = 0;
-    for (int t = 0; t < 150; t++) c->seq[c->n] = 1, c->pos[c->n++] = t;
-    for (int t = 40; t < 97; t++) c->seq[c->n] = 0, c->pos[c->n++] = t;
 }
 
 /* Dk: q and K head size; Dv: V and out head size. */

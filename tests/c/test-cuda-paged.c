@@ -208,33 +208,12 @@ static void check_write(int64_t Hq, int64_t Hkv, int64_t D, int32_t block, pio_d
 
 /* ---- attention ----------------------------------------------------------------------- */
 
-typedef struct {
-    const char *name;
-    int n;
-    int32_t seq[256], pos[256];
-} attn_case;
-
 static void case_decode(attn_case *c) {
     static const int32_t s[] = {0, 1, 2, 0, 2, 1}, p[] = {199, 36, 101, 0, 16, 111};
     c->name = "decode";
     c->n = 6;
     memcpy(c->seq, s, sizeof s);
     memcpy(c->pos, p, sizeof p);
-}
-static void case_short(attn_case *c) {
-    static const int32_t s[] = {0, 1, 2, 0, 1, 2}, p[] = {0, 5, 31, 32, 33, 64};
-    c->name = "short";
-    c->n = 6;
-    memcpy(c->seq, s, sizeof s);
-    memcpy(c->pos, p, sizeof p);
-}
-/* 150 consecutive positions of slot 1, then positions 40..96 of slot 0 (its
- * first 40 keys came from an earlier chunk). */
-static void case_prompt(attn_case *c) {
-    c->name = "prompt";
-    c->n = 0;
-    for (int t = 0; t < 150; t++) c->seq[c->n] = 1, c->pos[c->n++] = t;
-    for (int t = 40; t < 97; t++) c->seq[c->n] = 0, c->pos[c->n++] = t;
 }
 
 static void check_attention(const attn_case *c, int64_t Hq, int64_t Hkv, int64_t D,
